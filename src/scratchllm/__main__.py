@@ -1,0 +1,3 @@
+from scratchllm.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: corpora (the embedded Python-stdlib default), sliding-window datasets, prepared token files."""

@@ -1,0 +1,200 @@
+"""Reading vocabularies written by others into a `BPETokenizer`.
+
+Supported: OpenAI's GPT-2 `encoder.json` + `vocab.bpe`, HuggingFace's `vocab.json` + `merges.txt`
+(the same two files renamed), HuggingFace's single `tokenizer.json`, and tiktoken's base64 rank files
+(Llama 3's `tokenizer.model`). Our own `scratchllm-tokenizer.json` is read by `BPETokenizer.load`.
+
+GPT-2's files store tokens as printable unicode strings: each byte is mapped to a visible character
+(`bytes_to_unicode`) so that the vocabulary survives JSON. We undo that mapping to get raw token bytes.
+When both a vocabulary and a merges list are given, we check that the vocabulary's ids are ranks that
+agree with the merges; a file that fails that check is reported, never silently mis-tokenized.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizers.bpe import END_OF_TEXT, GPT2_PATTERN, BPETokenizer
+
+OUR_FILE = "scratchllm-tokenizer.json"
+GPT2_REPO = "openai-community/gpt2"
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _unicode_to_bytes(token: str, where: str) -> bytes:
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    try:
+        return bytes(decoder[c] for c in token)
+    except KeyError:
+        raise ScratchLLMError(f"{where}: token {token!r} is not in GPT-2's byte-level alphabet") from None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScratchLLMError(f"{path}: not a valid JSON file ({e})") from None
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ScratchLLMError(f"{path}: not UTF-8 text ({e})") from None
+    merges = []
+    for lineno, line in enumerate(lines, 1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ScratchLLMError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _from_vocab_and_merges(
+    vocab: dict, merges: list[tuple[str, str]], specials: dict[str, int], pattern: str, name: str, where: str
+) -> BPETokenizer:
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise ScratchLLMError(f"{where}: vocabulary should map token strings to integer ids")
+    ranks = {_unicode_to_bytes(tok, where): i for tok, i in vocab.items() if tok not in specials}
+    # Ranks must replay the merges: byte tokens first, then each merge's result in order.
+    previous = -1
+    for a, b in merges:
+        merged = _unicode_to_bytes(a + b, where)
+        rank = ranks.get(merged)
+        if rank is None:
+            raise ScratchLLMError(f"{where}: merge {a!r} + {b!r} produces a token missing from the vocabulary")
+        if rank <= previous:
+            raise ScratchLLMError(f"{where}: vocabulary ids are not in merge order at {a!r} + {b!r}")
+        previous = rank
+    return BPETokenizer(ranks, specials, pattern, name)
+
+
+def from_openai_files(encoder_json: str | Path, vocab_bpe: str | Path, name: str = "gpt2") -> BPETokenizer:
+    """GPT-2 as OpenAI published it (`encoder.json`, `vocab.bpe`); HF's `vocab.json`/`merges.txt` too."""
+    vocab = _read_json(Path(encoder_json))
+    specials = {END_OF_TEXT: vocab[END_OF_TEXT]} if isinstance(vocab, dict) and END_OF_TEXT in vocab else {}
+    return _from_vocab_and_merges(vocab, _read_merges(Path(vocab_bpe)), specials, GPT2_PATTERN, name, str(encoder_json))
+
+
+def from_hf_tokenizer_json(path: str | Path, name: str | None = None) -> BPETokenizer:
+    """HuggingFace `tokenizer.json` with a byte-level BPE model (GPT-2, Llama 3, our exports)."""
+    path = Path(path)
+    data = _read_json(path)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        raise ScratchLLMError(f"{path}: field 'model.type' should be 'BPE' for a byte-level BPE tokenizer")
+    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special", True)}
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    return _from_vocab_and_merges(
+        model.get("vocab"), merges, specials, _hf_pattern(data, path), name or path.parent.name, str(path)
+    )
+
+
+def _hf_pattern(data: dict, path: Path) -> str:
+    """The pre-tokenizer regex: GPT-2's for a plain ByteLevel, the explicit one for a Split step."""
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    for step in steps:
+        if step.get("type") == "Split":
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return GPT2_PATTERN
+    raise ScratchLLMError(f"{path}: field 'pre_tokenizer' is not a byte-level regex split we understand")
+
+
+# Llama 3's pre-tokenizer (the GPT-4 pattern with a 1-3 digit rule) and its 256 reserved special tokens.
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+]  # fmt: skip
+
+
+def from_tiktoken_file(path: str | Path, name: str | None = None) -> BPETokenizer:
+    """A tiktoken rank file (`base64-token rank` per line), e.g. Llama 3's `tokenizer.model`."""
+    path = Path(path)
+    ranks: dict[bytes, int] = {}
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise ScratchLLMError(f"{path}: cannot read ({e})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise ScratchLLMError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:60]!r}") from None
+    n = len(ranks)
+    names = LLAMA3_SPECIALS + [f"<|reserved_special_token_{i}|>" for i in range(3, 256 - len(LLAMA3_SPECIALS) + 3)]
+    specials = {tok: n + i for i, tok in enumerate(names[:256])}
+    return BPETokenizer(ranks, specials, LLAMA3_PATTERN, name or path.parent.name)
+
+
+def gpt2_files(progress: bool = True) -> Path:
+    """GPT-2's `vocab.json` + `merges.txt`, downloaded once into the cache."""
+    from scratchllm.hub import download_repo_files
+
+    return download_repo_files(GPT2_REPO, ["vocab.json", "merges.txt"], progress=progress)
+
+
+def load_tokenizer(spec: str | Path) -> BPETokenizer:
+    """Load a tokenizer from a file, a folder holding one, or the name `gpt2` (downloaded once).
+
+    Folders are searched in order: our own file, HF `tokenizer.json`, `vocab.json`+`merges.txt`,
+    `encoder.json`+`vocab.bpe`, tiktoken-format `tokenizer.model`.
+    """
+    path = Path(spec)
+    if not path.exists():
+        if str(spec) == "gpt2":
+            return load_tokenizer(gpt2_files())
+        raise ScratchLLMError(f"tokenizer {spec!r}: no such file or folder (or use the name 'gpt2')")
+    if path.is_file():
+        if path.name.endswith(".model"):
+            return from_tiktoken_file(path)
+        head = path.read_bytes()[:200]
+        if b'"format"' in head and b"scratchllm-bpe" in head:
+            return BPETokenizer.load(path)
+        return from_hf_tokenizer_json(path)
+    for files, loader in (
+        ((OUR_FILE,), BPETokenizer.load),
+        (("tokenizer.json",), from_hf_tokenizer_json),
+        (("vocab.json", "merges.txt"), lambda a, b: from_openai_files(a, b, name=path.name)),
+        (("encoder.json", "vocab.bpe"), lambda a, b: from_openai_files(a, b, name=path.name)),
+        (("tokenizer.model",), from_tiktoken_file),
+    ):
+        if all((path / f).exists() for f in files):
+            return loader(*(path / f for f in files))
+    raise ScratchLLMError(
+        f"{path}: no tokenizer found (expected {OUR_FILE}, tokenizer.json, vocab.json+merges.txt, "
+        "encoder.json+vocab.bpe or tokenizer.model)"
+    )

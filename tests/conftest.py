@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to ../shared/data and GPT-2 tokenizers built offline from its BPE files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchllm.tokenizers.formats import bytes_to_unicode, from_openai_files
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+GPT2_BPE = SHARED / "gpt2-bpe"
+VERDICT = SHARED / "the-verdict.txt"
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return from_openai_files(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe")
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2():
+    """tiktoken's own `gpt2` encoding, built from the same files without network access."""
+    import tiktoken
+
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    encoder = json.loads((GPT2_BPE / "encoder.json").read_text())
+    ranks = {bytes(decoder[c] for c in tok): i for tok, i in encoder.items() if tok != "<|endoftext|>"}
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=pattern,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+@pytest.fixture(scope="session")
+def verdict_text() -> str:
+    return VERDICT.read_text(encoding="utf-8")
