@@ -1,0 +1,1 @@
+"""Checkpoints: name mapping to/from HuggingFace, and (de)serialising our run folders."""

@@ -1,0 +1,20 @@
+"""Models: the book's attention progression, and GPT-2 / Llama built on one shared transformer.
+
+from scratchllm.models import build_model
+model = build_model("gpt2-small")           # or "llama3.2-1b", a YAML/JSON file, or a ModelConfig
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scratchllm.models.config import ModelConfig, get_config, list_presets
+from scratchllm.models.transformer import Transformer
+
+
+def build_model(spec: str | ModelConfig, **overrides: Any) -> Transformer:
+    """A randomly initialised model from a preset name, a config file or a `ModelConfig`."""
+    return Transformer(get_config(spec, **overrides))
+
+
+__all__ = ["ModelConfig", "Transformer", "build_model", "get_config", "list_presets"]

@@ -1,0 +1,105 @@
+"""Production causal self-attention shared by GPT-2 and Llama, and its KV cache.
+
+Decisions (the readable step-by-step versions are in `book_attention.py`, and tests hold both equal):
+- One fused QKV projection: a single matrix product instead of three, split afterwards. With grouped-query
+  attention the split is uneven: n_heads query heads, n_kv_heads key and value heads.
+- Grouped-query attention (GQA): several query heads share one key/value head. n_kv_heads = n_heads is
+  ordinary multi-head attention, n_kv_heads = 1 is multi-query. Keys/values are repeated to the query
+  heads only at the attention product, never stored repeated, so the KV cache is n_heads/n_kv_heads
+  times smaller.
+- `F.scaled_dot_product_attention` does scale, mask, softmax, dropout and the weighted sum in one fused
+  kernel (flash/memory-efficient where available), with `is_causal=True` for training so no mask tensor is
+  built at all.
+- The KV cache is preallocated to its maximum length and written in place at the given slot (as in
+  gpt-fast), so decoding never re-concatenates tensors; attention reads the filled prefix only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.models.config import ModelConfig
+from scratchllm.models.rope import apply_rope
+
+
+class KVCache(nn.Module):
+    """Keys and values of past positions for one layer: (batch, n_kv_heads, max_len, head_dim) each."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device=None):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (batch, heads, T, head_dim) at slots [start, start+T); return slots [0, start+T)."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            from scratchllm.errors import ScratchLLMError
+
+            raise ScratchLLMError(f"KV cache is full: position {end} exceeds its {self.max_len} slots")
+        batch = k.shape[0]
+        self.k[:batch, :, start:end] = k
+        self.v[:batch, :, start:end] = v
+        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with fused QKV, optional RoPE, GQA and an optional KV cache."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        q_dim, kv_dim = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
+        self.drop_rate = config.drop_rate
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (batch, T, emb_dim). With `start`, read/write the KV cache at slots [start, start+T).
+
+        `mask` (bool, True = may attend, broadcastable to (batch, heads, T, keys)) replaces the causal
+        rule when given; without it, attention is causal over the keys in view.
+        """
+        batch, T, _ = x.shape
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(batch, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if start is not None and self.kv_cache is not None:
+            k, v = self.kv_cache.update(start, k, v)
+        if self.n_kv_heads != self.n_heads:
+            # Repeat each key/value head for its group of query heads (a view-sized copy at this step only).
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        # Causal without a mask tensor when queries and keys cover the same positions; one new token
+        # after a cache sees every key in view, which needs no mask either.
+        is_causal = mask is None and k.shape[2] == T and T > 1
+        if mask is None and not is_causal and T > 1:
+            mask = causal_mask(T, k.shape[2], k.shape[2] - T, x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.drop_rate if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(batch, T, q_dim))
+
+
+def causal_mask(n_queries: int, n_keys: int, offset: int, device=None) -> torch.Tensor:
+    """(n_queries, n_keys) bool: query i (at absolute slot offset+i) may attend keys at slots <= offset+i."""
+    q_slots = torch.arange(offset, offset + n_queries, device=device)[:, None]
+    return torch.arange(n_keys, device=device)[None, :] <= q_slots

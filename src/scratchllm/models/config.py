@@ -1,0 +1,163 @@
+"""Model configuration: one dataclass for both architectures, named presets, YAML/JSON files.
+
+Field names follow the book (`vocab_size`, `context_length`, `emb_dim`, `n_heads`, `n_layers`,
+`drop_rate`, `qkv_bias`) so a reader can map them one to one; the Llama fields (`n_kv_heads`,
+`hidden_dim`, `rope_base`, `rope_scaling`) are added beside them. `arch` picks the pieces that differ:
+
+| arch  | norm      | feed-forward          | positions          | biases          |
+| gpt2  | LayerNorm | GELU(tanh), d->4d->d  | learned absolute   | yes (qkv: flag) |
+| llama | RMSNorm   | SwiGLU, d->hidden->d  | rotary (RoPE)      | none            |
+
+Presets register themselves from `gpt2.py` and `llama.py`; `get_config` accepts a preset name or a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+ARCHS = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    arch: str = "gpt2"
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    n_kv_heads: int | None = None  # None = n_heads (multi-head); 1 = multi-query; between = grouped-query
+    head_dim: int | None = None  # None = emb_dim // n_heads
+    hidden_dim: int | None = None  # feed-forward width; None = 4 * emb_dim (GPT-2)
+    drop_rate: float = 0.0
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (source, hub id), not used by the model
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of {ARCHS}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.emb_dim % self.n_heads:
+                raise ScratchLLMError(
+                    f"config {self.name!r}: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}"
+                )
+            self.head_dim = self.emb_dim // self.n_heads
+        if self.hidden_dim is None:
+            self.hidden_dim = 4 * self.emb_dim
+        if self.n_heads % self.n_kv_heads:
+            raise ScratchLLMError(
+                f"config {self.name!r}: n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"
+            )
+        if self.arch == "llama" and self.head_dim % 2:
+            raise ScratchLLMError(f"config {self.name!r}: RoPE needs an even head_dim, got {self.head_dim}")
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ScratchLLMError(f"config {self.name!r}: field {name!r} must be >= 1")
+
+    # -- derived -------------------------------------------------------------------------------------------
+    @property
+    def uses_rope(self) -> bool:
+        return self.arch == "llama"
+
+    @property
+    def bias(self) -> bool:
+        """Biases on the output projection, feed-forward and norms (GPT-2 has them, Llama does not)."""
+        return self.arch == "gpt2"
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False)
+        else:
+            text = json.dumps(data, indent=2)
+        path.write_text(text)
+        return path
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ScratchLLMError(f"{where}: expected a mapping of config fields")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ScratchLLMError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        return ModelConfig(**data)
+    except TypeError as e:
+        raise ScratchLLMError(f"{where}: {e}") from None
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScratchLLMError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml and json raise different types; both mean a malformed file
+        raise ScratchLLMError(f"{path}: malformed config ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+        data = data["model"]  # a training config file with a `model:` section
+    return from_dict(data, str(path))
+
+
+PRESETS: dict[str, ModelConfig] = {}
+
+
+def register(config: ModelConfig) -> ModelConfig:
+    PRESETS[config.name] = config
+    return config
+
+
+def _load_presets() -> None:
+    # Importing the architecture modules registers their presets.
+    from scratchllm.models import gpt2, llama  # noqa: F401
+
+
+def get_config(spec: str | Path | ModelConfig, **overrides: Any) -> ModelConfig:
+    """A preset name (see `list_presets()`), a YAML/JSON file, or a config; `overrides` replace fields."""
+    if isinstance(spec, ModelConfig):
+        config = spec
+    else:
+        _load_presets()
+        if str(spec) in PRESETS:
+            config = PRESETS[str(spec)]
+        elif Path(spec).is_file():
+            config = load_config(spec)
+        else:
+            raise ScratchLLMError(f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}) nor a file")
+    return config.replace(**overrides) if overrides else from_dict(config.to_dict())
+
+
+def list_presets() -> list[str]:
+    _load_presets()
+    return list(PRESETS)

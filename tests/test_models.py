@@ -1,0 +1,173 @@
+"""Models: the book's attention progression, production == reference, configs, KV cache, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models import Transformer, build_model, get_config, list_presets
+from scratchllm.models.attention import CausalSelfAttention
+from scratchllm.models.book_attention import (
+    CausalAttention,
+    MultiHeadAttention,
+    MultiHeadAttentionWrapper,
+    SelfAttentionV1,
+    SelfAttentionV2,
+    simplified_self_attention,
+)
+from scratchllm.models.book_gpt import BookGELU, BookGPTModel, BookLayerNorm, copy_into_book_model
+from scratchllm.models.config import ModelConfig, load_config
+from scratchllm.models.gpt2 import LayerNorm
+
+# The book's running example: "Your journey starts with one step", 3-d embeddings.
+INPUTS = torch.tensor(
+    [[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64], [0.22, 0.58, 0.33], [0.77, 0.25, 0.10],
+     [0.05, 0.80, 0.55]]
+)  # fmt: skip
+
+
+def test_simplified_attention_book_figure():
+    context = simplified_self_attention(INPUTS)
+    assert torch.allclose(context[1], torch.tensor([0.4419, 0.6515, 0.5683]), atol=1e-4)
+    weights = torch.softmax(INPUTS @ INPUTS.T, dim=-1)
+    assert torch.allclose(weights.sum(-1), torch.ones(6))
+
+
+def test_self_attention_v1_equals_v2():
+    torch.manual_seed(123)
+    v2 = SelfAttentionV2(3, 2)
+    v1 = SelfAttentionV1(3, 2)
+    with torch.no_grad():
+        for name in ("W_query", "W_key", "W_value"):
+            getattr(v1, name).copy_(getattr(v2, name).weight.T)
+    assert torch.allclose(v1(INPUTS), v2(INPUTS), atol=1e-6)
+
+
+def test_causal_attention_ignores_the_future():
+    torch.manual_seed(0)
+    att = CausalAttention(3, 4, context_length=6, dropout=0.0).eval()
+    batch = torch.stack([INPUTS, INPUTS])
+    changed = batch.clone()
+    changed[:, 4:] = torch.rand(2, 2, 3)
+    out, out_changed = att(batch), att(changed)
+    assert out.shape == (2, 6, 4)
+    assert torch.allclose(out[:, :4], out_changed[:, :4]) and not torch.allclose(out[:, 4:], out_changed[:, 4:])
+
+
+def test_multihead_module_equals_wrapper():
+    torch.manual_seed(0)
+    heads, d_head = 2, 3
+    wrapper = MultiHeadAttentionWrapper(3, d_head, 6, 0.0, heads).eval()
+    mha = MultiHeadAttention(3, heads * d_head, 6, 0.0, heads).eval()
+    with torch.no_grad():
+        for name in ("W_query", "W_key", "W_value"):
+            getattr(mha, name).weight.copy_(torch.cat([getattr(h, name).weight for h in wrapper.heads]))
+        mha.out_proj.weight.copy_(torch.eye(heads * d_head))
+        mha.out_proj.bias.zero_()
+    x = torch.rand(2, 6, 3)
+    assert torch.allclose(mha(x), wrapper(x), atol=1e-6)
+
+
+def test_production_attention_equals_book_mha():
+    torch.manual_seed(0)
+    config = ModelConfig(emb_dim=32, n_heads=4, n_layers=1, context_length=16, qkv_bias=True)
+    ours = CausalSelfAttention(config).eval()
+    book = MultiHeadAttention(32, 32, 16, 0.0, 4, qkv_bias=True).eval()
+    with torch.no_grad():
+        for name, w, b in zip(("W_query", "W_key", "W_value"), ours.qkv.weight.split(32), ours.qkv.bias.split(32)):
+            getattr(book, name).weight.copy_(w)
+            getattr(book, name).bias.copy_(b)
+        book.out_proj.load_state_dict(ours.proj.state_dict())
+    x = torch.randn(3, 16, 32)
+    assert torch.allclose(ours(x), book(x), atol=1e-5)
+
+
+def test_layernorm_and_gelu_match_book_formulas():
+    x = torch.randn(4, 10, 32) * 3
+    book_ln, ours = BookLayerNorm(32), LayerNorm(32)
+    assert torch.allclose(book_ln(x), ours(x), atol=1e-5)
+    assert torch.allclose(ours(x).mean(-1), torch.zeros(4, 10), atol=1e-5)
+    assert torch.allclose(BookGELU()(x), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-5)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_transformer_equals_book_gpt(qkv_bias):
+    torch.manual_seed(0)
+    config = get_config("gpt-tiny", qkv_bias=qkv_bias, tie_embeddings=False)
+    ours = Transformer(config).eval()
+    book = copy_into_book_model(ours, BookGPTModel(config)).eval()
+    idx = torch.randint(0, config.vocab_size, (2, config.context_length))
+    assert torch.allclose(ours(idx), book(idx), atol=1e-4)
+
+
+def test_book_parameter_counts():
+    model = build_model("gpt2-124m-book")
+    assert model.num_parameters() == 163_009_536
+    tied = build_model("gpt2-124m-book", tie_embeddings=True)
+    assert tied.num_parameters() == 124_412_160
+    assert tied.num_parameters(count_tied_head=True) == 163_009_536
+    assert build_model("gpt2-small").num_parameters() == 124_439_808  # OpenAI's release (qkv biases)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_kv_cache_matches_full_forward(preset):
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    idx = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_cache(2, 32)
+        pieces = [model(idx[:, :7], start=0), model(idx[:, 7:12], start=7)]  # prefill, then a chunk
+        pieces += [model(idx[:, t : t + 1], start=t) for t in range(12, 20)]  # one token at a time
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    with pytest.raises(ScratchLLMError, match="KV cache is full"):
+        model(idx[:, :1], start=32)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_left_padding_with_positions_matches_unpadded(preset):
+    """Row 1 is left-padded by 3; with its own position ids and key mask it must equal running it alone."""
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    short = torch.randint(0, 500, (1, 5))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)
+    positions = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]])
+    key_mask = torch.tensor([[False] * 3 + [True] * 5])
+    with torch.no_grad():
+        alone = model(short)
+        model.setup_cache(1, 16)
+        got = model(padded, start=0, positions=positions, key_mask=key_mask)
+        nxt = model(torch.tensor([[7]]), start=8, positions=torch.tensor([[5]]),
+                    key_mask=torch.cat([key_mask, torch.ones(1, 8, dtype=torch.bool)], 1))  # fmt: skip
+        model.clear_cache()
+        alone_next = model(torch.cat([short, torch.tensor([[7]])], dim=1))
+    assert torch.allclose(got[:, 3:], alone, atol=1e-5)
+    assert torch.allclose(nxt[:, -1], alone_next[:, -1], atol=1e-5)
+
+
+def test_context_length_is_enforced():
+    model = build_model("gpt-tiny")
+    with pytest.raises(ScratchLLMError, match="context length"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_presets_and_config_files(tmp_path):
+    names = list_presets()
+    for name in ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama2-7b", "llama3-8b", "llama3.1-8b",
+                 "llama3.2-1b", "llama3.2-3b", "gpt-demo", "llama-demo"]:  # fmt: skip
+        assert name in names
+    assert get_config("gpt2-xl").emb_dim == 1600 and get_config("gpt2-xl").n_layers == 48
+    assert get_config("llama3.2-1b").head_dim == 64 and get_config("llama3-8b").n_kv_heads == 8
+    config = get_config("llama-tiny", n_layers=3)
+    for suffix in (".yaml", ".json"):
+        path = config.save(tmp_path / f"c{suffix}")
+        assert load_config(path) == config
+        assert get_config(str(path)) == config
+    (tmp_path / "bad.yaml").write_text("arch: llama\nemb_dims: 4\n")
+    with pytest.raises(ScratchLLMError, match="unknown field 'emb_dims'"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ScratchLLMError, match="n_kv_heads"):
+        ModelConfig(n_heads=4, n_kv_heads=3, emb_dim=64)
+    with pytest.raises(ScratchLLMError, match="unknown model"):
+        get_config("gpt5")

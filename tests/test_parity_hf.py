@@ -1,0 +1,98 @@
+"""Numeric parity with HuggingFace `transformers` models built from the same random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchllm.checkpoints.hf import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from scratchllm.models import Transformer
+
+transformers = pytest.importorskip("transformers")
+
+GPT2_CASES = {
+    "tied": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=300, tie_word_embeddings=True),
+    "untied": dict(n_embd=48, n_layer=3, n_head=3, n_positions=64, vocab_size=257, tie_word_embeddings=False),
+}
+LLAMA_CASES = {
+    "gqa-untied": dict(hidden_size=64, intermediate_size=160, num_attention_heads=8, num_key_value_heads=2,
+                       num_hidden_layers=2, max_position_embeddings=128, vocab_size=300, tie_word_embeddings=False),
+    "mqa-tied": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
+                     num_hidden_layers=2, max_position_embeddings=96, vocab_size=260, tie_word_embeddings=True,
+                     rope_theta=500000.0),
+    "mha-llama3-scaling": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4,
+                               num_hidden_layers=2, max_position_embeddings=256, vocab_size=280,
+                               rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 32}),
+}  # fmt: skip
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    """Random norms and biases too (HF initialises them to 1/0, which would hide mapping mistakes)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name or name.endswith("bias"):
+                p.normal_(mean=0.0 if name.endswith("bias") else 1.0, std=0.1)
+
+
+def _ours_from(hf_model, name: str) -> Transformer:
+    config = config_from_hf(hf_model.config.to_dict(), name)
+    ours = Transformer(config).eval()
+    ours.load_state_dict(state_dict_from_hf(hf_model.state_dict(), config))
+    return ours
+
+
+def _batches(vocab: int, context: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (2, 17), generator=g), torch.randint(0, vocab, (2, context), generator=g)]
+
+
+def _assert_logits_match(hf_model, ours, vocab, context):
+    for idx in _batches(vocab, context):
+        with torch.no_grad():
+            expected = hf_model(idx).logits
+            got = ours(idx)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("case", list(GPT2_CASES))
+def test_gpt2_parity(case):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(**GPT2_CASES[case], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    hf_model = transformers.GPT2LMHeadModel(cfg).eval()
+    _perturb(hf_model)
+    ours = _ours_from(hf_model, case)
+    assert ours.config.tie_embeddings == cfg.tie_word_embeddings
+    _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.n_positions)
+
+
+@pytest.mark.parametrize("case", list(LLAMA_CASES))
+def test_llama_parity(case):
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_CASES[case])).eval()
+    _perturb(hf_model)
+    ours = _ours_from(hf_model, case)
+    cfg = hf_model.config
+    assert ours.config.n_kv_heads == cfg.num_key_value_heads
+    _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.max_position_embeddings)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_export_to_hf_roundtrip(preset):
+    """Our random model -> HF names -> transformers model gives our logits; and back again."""
+    from scratchllm.models import build_model
+
+    torch.manual_seed(1)
+    ours = build_model(preset).eval()
+    _perturb(ours)
+    hf_cfg = transformers.AutoConfig.for_model(**config_to_hf(ours.config))
+    hf_model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    result = hf_model.load_state_dict(state_dict_to_hf(ours.state_dict(), ours.config), strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) <= {"lm_head.weight"}  # only the head that HF ties itself
+    _assert_logits_match(hf_model, ours, ours.config.vocab_size, ours.config.context_length)
+    back = state_dict_from_hf(state_dict_to_hf(ours.state_dict(), ours.config), ours.config)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back[k], v), k
