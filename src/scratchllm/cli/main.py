@@ -14,7 +14,7 @@ import sys
 from scratchllm import __version__
 from scratchllm.errors import ScratchLLMError
 
-VERBS = ["prepare", "tokenizer"]
+VERBS = ["prepare", "tokenizer", "info", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Generation: sampling strategies, the KV-cache prefill/decode loop, streaming, chat templates."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.models.attention import CausalSelfAttention, KVCache, causal_mask
@@ -95,6 +96,20 @@ class Transformer(nn.Module):
         key_mask:  (batch, n_slots) bool, False for padding slots that no query may attend.
         last_only: compute logits for the last position only (generation needs nothing else).
         """
+        x = self.hidden(idx, start, positions, key_mask)
+        return self.out_head(x[:, -1:] if last_only else x)
+
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        start: int | None = None,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-normalised hidden states (batch, T, emb_dim): everything but the output head.
+
+        Training feeds these to a fused head + cross-entropy (`training.loss`) that never holds all logits.
+        """
         batch, T = idx.shape
         offset = start or 0
         if positions is None:
@@ -105,7 +120,7 @@ class Transformer(nn.Module):
             raise ScratchLLMError(
                 f"position {int(positions.max())} is beyond the model's context length {self.config.context_length}"
             )
-        x = self.tok_emb(idx)
+        x = self._embed_tokens(idx)
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
@@ -121,9 +136,15 @@ class Transformer(nn.Module):
             mask = mask | _eye_offset(T, n_keys, offset, device=idx.device)[None, None]
         for block in self.blocks:
             x = block(x, rope, start, mask)
-        if last_only:
-            x = x[:, -1:]
-        return self.out_head(self.final_norm(x))
+        return self.final_norm(x)
+
+    def _embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        # With a tied head, the weight's gradient is already a dense (vocab, d) matrix from the head's
+        # product; a sparse embedding gradient is then added into the rows in use only, instead of
+        # materialising and adding a second dense (vocab, d) gradient (~0.3 s per step for GPT-2 on CPU).
+        weight = self.tok_emb.weight
+        sparse = weight.requires_grad and torch.is_grad_enabled() and self.out_head.weight is weight
+        return F.embedding(idx, weight, sparse=sparse)
 
     # -- KV cache ------------------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_len: int | None = None, dtype=None, device=None) -> None:

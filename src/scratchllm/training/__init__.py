@@ -1,0 +1,1 @@
+"""Training: losses, learning-rate schedule, the pretraining loop, checkpoints of training state."""

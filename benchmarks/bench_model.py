@@ -1,0 +1,176 @@
+"""Training-step benchmark: our models vs HuggingFace `transformers` vs the book's plain GPTModel.
+
+One forward + backward + AdamW step (fused AdamW for every implementation, so the optimizer is not what
+differs), batch 2 x 256, dropout 0, 2 threads, fp32 and bf16 autocast, the same random weights everywhere.
+Each (implementation, dtype) runs in its own subprocess so its peak memory (max RSS) is its own; rounds
+alternate the order and the best of them is kept. Prints tokens/s, ratios, MFU against a matmul peak
+measured in the same run, and where our step's time goes.
+
+    .venv/bin/python benchmarks/bench_model.py                   # gpt2-small and llama-demo
+    .venv/bin/python benchmarks/bench_model.py --models gpt-demo --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+IMPLS = ("ours", "hf", "book")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def build(impl: str, model_name: str):
+    """(module, step_loss_fn) for one implementation, all from the same seeded weights."""
+    from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+    from scratchllm.models import build_model
+    from scratchllm.training.loss import cross_entropy, lm_loss
+
+    torch.manual_seed(0)
+    ours = build_model(model_name, drop_rate=0.0)
+    if impl == "ours":
+        return ours, lambda x, y: lm_loss(ours, x, y)
+    if impl == "book":
+        from scratchllm.models.book_gpt import BookGPTModel, copy_into_book_model
+
+        book = copy_into_book_model(ours, BookGPTModel(ours.config.replace(tie_embeddings=False)))
+        return book, lambda x, y: cross_entropy(book(x), y)
+    import transformers
+
+    hf_config = transformers.AutoConfig.for_model(**config_to_hf(ours.config))
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")
+    hf.load_state_dict(state_dict_to_hf(ours.state_dict(), ours.config), strict=False)
+    return hf, lambda x, y: cross_entropy(hf(x).logits, y)
+
+
+def worker(impl: str, model_name: str, dtype: str, steps: int, batch: int, seq: int, profile: bool) -> dict:
+    torch.set_num_threads(2)
+    model, loss_fn = build(impl, model_name)
+    model.train()
+    from scratchllm.models import get_config
+
+    vocab = get_config(model_name).vocab_size
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+    data = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
+    x, y = data[:, :-1], data[:, 1:]
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = loss_fn(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    result = {
+        "tokens_per_s": batch * seq / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if profile:
+        result["breakdown"] = breakdown(step)
+    return result
+
+
+CATEGORIES = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+    "attention": ("scaled_dot_product", "flash_attention"),
+    "cross-entropy": ("log_softmax", "nll_loss", "logsumexp", "aten::exp", "scatter_add", "aten::gather"),
+    "optimizer": ("adamw", "_foreach", "zero_grad"),
+    "copies and dtype casts": ("aten::copy_", "aten::_to_copy"),
+    "embedding": ("embedding", "index_add", "aten::sparse", "coalesce"),
+}
+
+
+def breakdown(step) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        category = next((c for c, keys in CATEGORIES.items() if any(k.lower() in name for k in keys)), "other")
+        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values())
+    return {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def run_worker(impl, model_name, dtype, args, profile=False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--models", model_name, "--dtypes", dtype,
+           "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]  # fmt: skip
+    if profile:
+        cmd.append("--profile")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="gpt2-small,llama-demo")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.models, args.dtypes, args.steps, args.batch, args.seq, args.profile)))
+        return
+
+    from scratchllm.models import get_config
+    from scratchllm.models.stats import model_stats
+
+    torch.set_num_threads(2)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(
+        f"matmul peak (2 threads, 2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
+    )
+    print(f"step = forward + backward + fused AdamW, batch {args.batch} x {args.seq}, best of {args.rounds} rounds\n")
+    for model_name in args.models.split(","):
+        config = get_config(model_name)
+        flops_per_token = model_stats(config, args.seq).train_flops_per_token
+        impls = [i for i in IMPLS if i != "book" or config.arch == "gpt2"]
+        print(f"== {model_name} ({model_stats(config).params / 1e6:.1f} M parameters) ==")
+        print(f"{'impl':8s} {'dtype':5s} {'tokens/s':>9s} {'MFU':>6s} {'peak MB':>8s}   ratio ours/this")
+        for dtype in args.dtypes.split(","):
+            best: dict[str, dict] = {}
+            for r in range(args.rounds):
+                for impl in impls if r % 2 == 0 else impls[::-1]:
+                    res = run_worker(impl, model_name, dtype, args)
+                    if impl not in best or res["tokens_per_s"] > best[impl]["tokens_per_s"]:
+                        best[impl] = res
+            for impl in impls:
+                tps = best[impl]["tokens_per_s"]
+                mfu = tps * flops_per_token / peaks[dtype]
+                ratio = best["ours"]["tokens_per_s"] / tps
+                print(f"{impl:8s} {dtype:5s} {tps:9.1f} {mfu:6.1%} {best[impl]['peak_rss_mb']:8.0f}   "
+                      + ("" if impl == "ours" else f"{ratio:.2f}x"))  # fmt: skip
+            parts = run_worker("ours", model_name, dtype, args, profile=True)["breakdown"]
+            print("  where our step's time goes: " + ", ".join(f"{k} {v:.0%}" for k, v in parts.items()))
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Writing and reading our model files safely.
+
+Decisions:
+- Weights are safetensors (no pickle: loading cannot run code, and files memory-map).
+- Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over the
+  target: a crash or Ctrl-C mid-write leaves either the old file or the new one, never half of one.
+- A model folder holds `model_config.json` (the `ModelConfig`) next to `model.safetensors`, and the
+  tokenizer file, so it can be loaded anywhere without the corpus or the training config.
+- Loading checks every tensor name and shape against the config before touching the model, and names
+  the file and the first mismatch in its error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models.config import ModelConfig, from_dict
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` then move the finished file to `path` (fsynced, same-folder rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    # safetensors refuses shared storage (a tied head); store each tensor once, contiguous.
+    unique: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    for name, t in tensors.items():
+        key = t.data_ptr()
+        if key in seen and t.numel() and tensors[seen[key]].shape == t.shape:
+            continue
+        seen[key] = name
+        unique[name] = t.detach().contiguous().cpu()
+    return atomic_write(path, lambda tmp: save_file(unique, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ScratchLLMError(f"{path}: file not found")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScratchLLMError(f"{path}: not a readable safetensors file ({e}); it may be truncated") from None
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise a one-line error naming the first missing, unexpected or wrongly shaped tensor."""
+    expected = model.state_dict()
+    tied = getattr(model.config, "tie_embeddings", False)
+    for name, t in expected.items():
+        if name not in tensors:
+            if tied and name == "out_head.weight":
+                continue
+            raise ScratchLLMError(f"{where}: missing tensor {name!r} (shape {tuple(t.shape)})")
+        if tensors[name].shape != t.shape:
+            raise ScratchLLMError(
+                f"{where}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the config expects {tuple(t.shape)}"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ScratchLLMError(f"{where}: unexpected tensor {extra[0]!r} (is this checkpoint another architecture?)")
+
+
+def save_model(model, folder: str | Path) -> Path:
+    """Write `model_config.json` and `model.safetensors` into `folder`."""
+    folder = Path(folder)
+    config_json = json.dumps(model.config.to_dict(), indent=2)
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_json))
+    save_tensors(model.state_dict(), folder / WEIGHTS_FILE, metadata={"format": "pt", "producer": "scratchllm"})
+    return folder
+
+
+def read_model_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        return from_dict(json.loads(path.read_text()), str(path))
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{folder}: no {CONFIG_FILE}; not a scratchllm model folder") from None
+    except json.JSONDecodeError as e:
+        raise ScratchLLMError(f"{path}: malformed JSON ({e})") from None
+
+
+def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"):
+    """Build the model described by `model_config.json` and load `model.safetensors` into it."""
+    from scratchllm.models import Transformer
+
+    folder = Path(folder)
+    config = read_model_config(folder)
+    tensors = load_tensors(folder / WEIGHTS_FILE)
+    with torch.device("meta"):
+        model = Transformer(config)
+    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
+    return materialize(model, tensors, dtype, device)
+
+
+def materialize(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, device: str):
+    """Move a meta-device model to real storage holding `tensors`, without a random init pass first."""
+    if model.config.tie_embeddings and "out_head.weight" not in tensors:
+        tensors["out_head.weight"] = tensors["tok_emb.weight"]
+    if dtype is not None:
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    model.load_state_dict(tensors, assign=True, strict=True)
+    if model.config.tie_embeddings:
+        model.out_head.weight = model.tok_emb.weight
+    # Non-persistent buffers (RoPE tables) were created on meta; rebuild them for real.
+    if model.config.uses_rope:
+        from scratchllm.models.rope import rope_cache
+
+        c = model.config
+        cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
+        model.rope_cos, model.rope_sin = cos, sin
+    return model.to(device).eval()

@@ -1,0 +1,118 @@
+"""`--checkpoint` resolution: one function that turns what the user typed into a model and a tokenizer.
+
+Accepted, in the order they are tried:
+1. a scratchllm model or run folder (`model_config.json` + `model.safetensors`, tokenizer beside them);
+2. a HuggingFace folder (`config.json` + `model.safetensors`, sharded safetensors with an index, or
+   `pytorch_model.bin` read with `weights_only=True`) of a GPT-2 or Llama model;
+3. a preset name or a model config file: a randomly initialised model (for benchmarks and smoke tests).
+The dtype is chosen here too: "auto" picks bf16 where the hardware computes it natively, else fp32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors, materialize
+from scratchllm.errors import ScratchLLMError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
+    if name in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    if name not in DTYPES:
+        raise ScratchLLMError(f"--dtype {name!r}: expected auto, fp32 or bf16")
+    return DTYPES[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object | None
+    source: str  # "scratchllm", "huggingface" or "random"
+
+
+def _tokenizer_in(folder: Path):
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    try:
+        return load_tokenizer(folder)
+    except ScratchLLMError:
+        return None
+
+
+def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
+    """A HuggingFace GPT-2/Llama folder -> our model, streaming tensors from safetensors files."""
+    from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
+    from scratchllm.checkpoints.io import check_state_dict
+    from scratchllm.models import Transformer
+
+    try:
+        hf_config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ScratchLLMError(f"{folder / 'config.json'}: malformed JSON ({e})") from None
+    config = config_from_hf(hf_config, name=folder.name)
+    tensors: dict[str, torch.Tensor] = {}
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        tensors = load_tensors(folder / "model.safetensors")
+    elif index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        for shard in shards:
+            tensors.update(load_tensors(folder / shard))
+    elif (folder / "pytorch_model.bin").exists():
+        try:
+            tensors = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors have many types; all mean "unsafe or broken file"
+            raise ScratchLLMError(f"{folder / 'pytorch_model.bin'}: cannot load safely ({e})") from None
+    else:
+        raise ScratchLLMError(f"{folder}: no model.safetensors, safetensors index or pytorch_model.bin")
+    ours = state_dict_from_hf(tensors, config)
+    with torch.device("meta"):
+        model = Transformer(config)
+    check_state_dict(model, ours, str(folder))
+    return materialize(model, ours, dtype, device)
+
+
+def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | None = None) -> Loaded:
+    """Model + tokenizer from a run folder, a HF folder, or a preset/config (random weights)."""
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / CONFIG_FILE).exists():
+            return Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
+        if (path / "config.json").exists():
+            return Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
+        raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE} or config.json)")
+    from scratchllm.models.config import PRESETS, get_config, list_presets
+
+    list_presets()
+    if str(spec) in PRESETS or path.is_file():
+        from scratchllm.models import Transformer
+
+        torch.manual_seed(0)
+        model = Transformer(get_config(spec)).to(device=device, dtype=torch_dtype).eval()
+        return Loaded(model, None, "random")
+    raise ScratchLLMError(f"--checkpoint {spec}: no such folder, and not a model preset or config file")

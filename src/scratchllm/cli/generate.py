@@ -1,0 +1,110 @@
+"""`scratchllm generate`: continue a prompt with a trained or downloaded model, streaming the text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    """--checkpoint/--tokenizer/--dtype/--device, shared by generate, chat and bench."""
+    p.add_argument(
+        "--checkpoint",
+        required=checkpoint_required,
+        help="run folder, HuggingFace folder, or a model preset/config (random weights)",
+    )
+    p.add_argument("--tokenizer", default=None, help="override the checkpoint's tokenizer (file, folder or 'gpt2')")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto = bf16 where the hardware has native bf16, else fp32",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def load_for_generation(args):
+    """Model and tokenizer from the --checkpoint/--tokenizer flags, with a clear error if no tokenizer."""
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
+    if tokenizer is None:
+        raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")
+    return loaded.model, tokenizer
+
+
+def generation_config(args, tokenizer):
+    from scratchllm.generation.generate import GenerationConfig
+
+    stop_ids = tuple(i for name, i in tokenizer.special_tokens.items()
+                     if name in ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>"))  # fmt: skip
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop_ids=stop_ids,
+        stop_strings=tuple(args.stop),
+    )  # fmt: skip
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt (streamed)", description=__doc__)
+    add_model_arguments(p)
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    add_sampling_arguments(p)
+    p.add_argument("--stats", action="store_true", help="print prefill and decode speed afterwards")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generation.generate import generate_steps
+
+    model, tokenizer = load_for_generation(args)
+    cfg = generation_config(args, tokenizer)
+    if not args.prompt:
+        raise ScratchLLMError("--prompt is empty: give some text to continue")
+    ids = tokenizer.encode(args.prompt, allowed_special="all")
+    from scratchllm.generation.generate import StreamDecoder
+
+    decoder = StreamDecoder(tokenizer, cfg.stop_strings)
+    timings: dict = {}
+    n = 0
+    sys.stdout.write(args.prompt)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _, nxt, _ in generate_steps(model, [ids], cfg, timings):
+            token = int(nxt[0])
+            if token in cfg.stop_ids:
+                break
+            n += 1
+            sys.stdout.write(decoder.push(token))
+            sys.stdout.flush()
+            if decoder.stopped:
+                break
+    sys.stdout.write(decoder.flush() + "\n")
+    if args.stats:
+        total = time.perf_counter() - start
+        prefill = timings.get("prefill_seconds", 0.0)
+        decode = timings.get("decode_seconds", 0.0)
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        print(f"[{dtype}] prompt {len(ids)} tokens, prefill {len(ids) / max(prefill, 1e-9):.1f} tokens/s; "
+              f"{n} new tokens, decode {max(n - 1, 0) / max(decode, 1e-9):.1f} tokens/s; total {total:.2f}s",
+              file=sys.stderr)  # fmt: skip
+    return 0

@@ -1,0 +1,154 @@
+"""Generation: fast path == the book's loop == transformers' generate, batching, sampling, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.generation.generate import (
+    GenerationConfig,
+    StreamDecoder,
+    generate,
+    generate_text_simple,
+    stream_text,
+)
+from scratchllm.generation.sampling import SamplingConfig, apply_repetition_penalty, filter_logits, sample_next
+from scratchllm.models import build_model
+
+
+@pytest.fixture(scope="module", params=["gpt-tiny", "llama-tiny"])
+def tiny(request):
+    torch.manual_seed(0)
+    return build_model(request.param).eval()
+
+
+def test_greedy_matches_book_loop(tiny):
+    prompt = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(3))
+    expected = generate_text_simple(tiny, prompt, 40, tiny.config.context_length)[0, 7:].tolist()
+    result = generate(tiny, [prompt[0].tolist()], GenerationConfig(max_new_tokens=40))
+    assert result.tokens[0] == expected
+    assert result.stop_reasons == ["length"]
+
+
+def test_batched_left_padding_equals_alone(tiny):
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (3, 11, 6)]
+    cfg = GenerationConfig(max_new_tokens=12)
+    batched = generate(tiny, prompts, cfg).tokens
+    assert batched == [generate(tiny, [p], cfg).tokens[0] for p in prompts]
+
+
+def test_long_prompt_chunked_prefill(tiny):
+    prompt = torch.randint(0, 512, (50,), generator=torch.Generator().manual_seed(1)).tolist()
+    one = generate(tiny, [prompt], GenerationConfig(max_new_tokens=8, prefill_chunk=1024)).tokens
+    chunked = generate(tiny, [prompt], GenerationConfig(max_new_tokens=8, prefill_chunk=16)).tokens
+    assert one == chunked
+
+
+def test_context_overflow(tiny):
+    ctx = tiny.config.context_length
+    prompt = list(range(1, ctx - 5))
+    result = generate(tiny, [prompt], GenerationConfig(max_new_tokens=20))
+    # The last new token is predicted from a full context window: ctx - len(prompt) + 1 tokens fit.
+    assert result.stop_reasons == ["context"] and len(result.tokens[0]) == ctx - len(prompt) + 1
+    slid = generate(tiny, [prompt], GenerationConfig(max_new_tokens=40, overflow="slide"))
+    assert len(slid.tokens[0]) == 40 and slid.stop_reasons == ["length"]
+    with pytest.raises(ScratchLLMError, match="context length"):
+        generate(tiny, [list(range(ctx + 3))], GenerationConfig(max_new_tokens=2))
+    assert (
+        len(generate(tiny, [list(range(ctx + 3))], GenerationConfig(max_new_tokens=2, overflow="slide")).tokens[0]) == 2
+    )
+
+
+def test_stop_ids_and_seeds(tiny):
+    prompt = [[1, 2, 3]]
+    greedy = generate(tiny, prompt, GenerationConfig(max_new_tokens=10)).tokens[0]
+    stop = greedy[4]
+    stopped = generate(tiny, prompt, GenerationConfig(max_new_tokens=10, stop_ids=(stop,)))
+    assert stopped.tokens[0] == greedy[: greedy.index(stop) + 1] and stopped.stop_reasons == ["stop_id"]
+    sampled = [generate(tiny, prompt, GenerationConfig(max_new_tokens=15, temperature=1.5, seed=s)).tokens[0]
+               for s in (1, 1, 2)]  # fmt: skip
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
+    for narrow in (dict(top_k=1), dict(top_p=1e-6), dict(min_p=1.0)):
+        cfg = GenerationConfig(max_new_tokens=10, temperature=0.8, seed=0, **narrow)
+        assert generate(tiny, prompt, cfg).tokens[0] == greedy
+
+
+def test_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg))[0].tolist()  # noqa: E731
+    assert kept(SamplingConfig(temperature=1, top_k=2)) == [True, True, False, False, False]
+    p = logits.softmax(-1)[0]  # 0.636, 0.234, 0.086, ...
+    assert kept(SamplingConfig(temperature=1, top_p=0.8)) == [True, True, False, False, False]
+    assert kept(SamplingConfig(temperature=1, top_p=float(p[0]) - 1e-3)) == [True, False, False, False, False]
+    assert kept(SamplingConfig(temperature=1, min_p=0.3)) == [True, True, False, False, False]
+    assert torch.allclose(filter_logits(logits, SamplingConfig(temperature=2)), logits / 2)
+    penalised = apply_repetition_penalty(logits, torch.tensor([[0, 4]]), 2.0)
+    assert penalised.tolist() == [[1.5, 2.0, 1.0, 0.0, -2.0]]
+    assert sample_next(logits, SamplingConfig()).item() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(temperature=-1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+     (dict(top_k=0), "top_k"), (dict(overflow="wrap"), "overflow")],
+)  # fmt: skip
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ScratchLLMError, match=match):
+        GenerationConfig(**kwargs)
+
+
+def test_empty_prompt(tiny):
+    with pytest.raises(ScratchLLMError, match="empty"):
+        generate(tiny, [[]])
+
+
+def test_stream_decoder_never_splits_characters(gpt2_tokenizer):
+    text = "naïve 日本語のテキスト 🤖🎉 done"
+    ids = gpt2_tokenizer.encode(text)
+    assert any("\ufffd" in gpt2_tokenizer.decode([i]) for i in ids)  # some tokens are partial characters
+    decoder = StreamDecoder(gpt2_tokenizer)
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    decoder = StreamDecoder(gpt2_tokenizer, stop_strings=("のテ",))
+    out = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert out == "naïve 日本語" and decoder.stopped
+
+
+def test_stream_text_equals_generate(gpt2_tokenizer):
+    torch.manual_seed(0)
+    model = build_model("gpt-tiny", vocab_size=50257).eval()
+    prompt = gpt2_tokenizer.encode("Hello")
+    cfg = GenerationConfig(max_new_tokens=30, temperature=1.0, seed=7)
+    streamed = "".join(stream_text(model, gpt2_tokenizer, prompt, cfg))
+    assert streamed == generate(model, [prompt], cfg, tokenizer=gpt2_tokenizer).texts[0]
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_greedy_matches_transformers_generate(arch):
+    from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
+    from scratchllm.models import Transformer
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        hf_cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=300)
+        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    else:
+        hf_cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                          num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=128,
+                                          vocab_size=300)  # fmt: skip
+        hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    config = config_from_hf(hf.config.to_dict())
+    ours = Transformer(config).eval()
+    ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
+    prompts = [[5, 17, 42, 7, 99], [11, 3]]
+    ours_out = generate(ours, prompts, GenerationConfig(max_new_tokens=25)).tokens
+    for prompt, got in zip(prompts, ours_out):
+        ids = torch.tensor([prompt])
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=25, do_sample=False,
+                               min_new_tokens=25, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+        assert got == expected
