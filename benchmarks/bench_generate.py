@@ -1,0 +1,92 @@
+"""Decode benchmark: our KV-cache generation vs transformers' `generate` vs the book's uncached loop.
+
+Same process, same weights (gpt2-small by default, random init), batch 1, 2 threads, greedy, a 32-token
+prompt. Decode is memory-bound: every new token reads all weights once, so the script also measures this
+machine's memory bandwidth (a large tensor copy) and prints the bandwidth our decode achieves.
+
+    .venv/bin/python benchmarks/bench_generate.py [--model gpt2-small] [--new-tokens 256] [--dtypes fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def memory_bandwidth(n_bytes: int = 1 << 30) -> float:
+    """Bytes/s of a large copy (read + write counted), best of three."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gpt2-small")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--uncached-tokens", type=int, default=None, help="tokens for the slow uncached loop (default: all)")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    args = p.parse_args()
+    args.uncached_tokens = args.uncached_tokens or args.new_tokens
+    torch.set_num_threads(2)
+
+    import transformers
+
+    from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+    from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
+    from scratchllm.models import build_model
+
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {args.model}, batch 1, greedy, "
+          f"prompt {args.prompt_len}, {args.new_tokens} new tokens")  # fmt: skip
+    torch.manual_seed(0)
+    base = build_model(args.model).eval()
+    prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    hf_config = transformers.AutoConfig.for_model(**config_to_hf(base.config))
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        ours = build_model(args.model).eval()
+        ours.load_state_dict(base.state_dict())
+        ours.to(dtype)
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+        hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
+        hf.to(dtype)
+        cfg = GenerationConfig(max_new_tokens=args.new_tokens)
+        with torch.inference_mode():
+            generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4))  # warm-up
+            result = generate(ours, [prompt[0].tolist()], cfg)
+            ours_tps = result.decode_tokens_per_s
+            hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            start = time.perf_counter()
+            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
+                              min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)  # fmt: skip
+            hf_seconds = time.perf_counter() - start
+            hf_tps = (out.shape[1] - prompt.shape[1]) / hf_seconds
+            start = time.perf_counter()
+            generate_text_simple(ours, prompt, args.uncached_tokens, ours.config.context_length)
+            book_tps = args.uncached_tokens / (time.perf_counter() - start)
+        same = result.tokens[0][:32] == out[0, args.prompt_len : args.prompt_len + 32].tolist()
+        weight_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values() if t is not None)
+        weight_bytes -= ours.out_head.weight.numel() * ours.out_head.weight.element_size() * ours.config.tie_embeddings
+        achieved = ours_tps * weight_bytes
+        print(f"\n[{dtype_name}] weights {weight_bytes / 1e6:.0f} MB read per token; ceiling "
+              f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth")  # fmt: skip
+        print(f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  prefill {result.prefill_tokens_per_s:7.0f} tok/s"
+              f"  bandwidth {achieved / 1e9:5.1f} GB/s ({achieved / bandwidth:.0%})")  # fmt: skip
+        print(f"  transformers generate (cache)    {hf_tps:7.1f} tokens/s (whole call, prefill included)"
+              f"   ratio ours/HF {ours_tps / hf_tps:.2f}x (target >= 1.5x)")  # fmt: skip
+        print(f"  book loop, no cache ({args.uncached_tokens} tokens)   {book_tps:7.1f} tokens/s"
+              f"   ratio ours/uncached {ours_tps / book_tps:.1f}x (target >= 5x)")  # fmt: skip
+        print(f"  first 32 greedy tokens identical to transformers: {same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`scratchllm bench`: inference speed of a checkpoint or a preset (random weights).
+
+For every prompt length x batch size: time to first token (prefill), time per output token, decode and
+prefill tokens/s, peak memory, and the share of the machine's memory bandwidth the decode uses (each
+decode step must read every weight once, so weights x steps/s over the measured bandwidth). The last line
+is a JSON summary for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from scratchllm.cli.generate import add_model_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure prefill/decode speed, memory and bandwidth use", description=__doc__)
+    add_model_arguments(p)
+    p.add_argument("--prompt-lengths", default="32,256", help="comma-separated prompt lengths in tokens")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(handler=run)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from scratchllm.errors import ScratchLLMError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ScratchLLMError(f"{flag} expects comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ScratchLLMError(f"{flag} expects positive integers, got {text!r}")
+    return values
+
+
+def measure_bandwidth(n_bytes: int = 1 << 28) -> float:
+    import time
+
+    import torch
+
+    src = torch.ones(n_bytes // 4)
+    dst = torch.empty_like(src)
+    best = min(_timed(lambda: dst.copy_(src), time) for _ in range(3))
+    return 2 * n_bytes / best
+
+
+def _timed(fn, time) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _peak_memory_mb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.generation.generate import GenerationConfig, generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths, batches = _ints(args.prompt_lengths, "--prompt-lengths"), _ints(args.batch_sizes, "--batch-sizes")
+    loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
+    model = loaded.model
+    device = str(model.tok_emb.weight.device)
+    context = model.config.context_length
+    if max(lengths) + args.new_tokens > context:
+        raise ScratchLLMError(
+            f"prompt length {max(lengths)} + {args.new_tokens} new tokens exceeds the context {context}"
+        )
+    weights = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    weight_bytes = sum(weights.values())
+    bandwidth = measure_bandwidth() if device == "cpu" else None
+    dtype = str(model.tok_emb.weight.dtype).replace("torch.", "")
+    print(f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
+          f"weights {weight_bytes / 2**20:.0f} MiB" + (f", memory bandwidth {bandwidth / 1e9:.1f} GB/s" if bandwidth else ""))  # fmt: skip
+    print(f"{'prompt':>6s} {'batch':>5s} {'TTFT ms':>8s} {'TPOT ms':>8s} {'decode tok/s':>12s} "
+          f"{'prefill tok/s':>13s} {'peak MiB':>8s} {'bw util':>7s}")  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))  # warm-up
+    rows = []
+    with torch.inference_mode():
+        for length in lengths:
+            for batch in batches:
+                prompts = torch.randint(0, model.config.vocab_size, (batch, length), generator=g).tolist()
+                r = generate(model, prompts, GenerationConfig(max_new_tokens=args.new_tokens))
+                tpot = r.decode_seconds / max(r.decode_steps, 1)
+                util = (weight_bytes / tpot) / bandwidth if bandwidth and r.decode_steps else None
+                row = {"prompt_len": length, "batch": batch, "ttft_ms": r.prefill_seconds * 1e3, "tpot_ms": tpot * 1e3,
+                       "decode_tokens_per_s": batch * r.decode_tokens_per_s, "prefill_tokens_per_s": r.prefill_tokens_per_s,
+                       "peak_memory_mib": _peak_memory_mb(device), "bandwidth_utilisation": util}  # fmt: skip
+                rows.append(row)
+                print(f"{length:6d} {batch:5d} {row['ttft_ms']:8.1f} {row['tpot_ms']:8.2f} "
+                      f"{row['decode_tokens_per_s']:12.1f} {row['prefill_tokens_per_s']:13.1f} "
+                      f"{row['peak_memory_mib']:8.0f} " + (f"{util:7.1%}" if util is not None else f"{'n/a':>7s}"))  # fmt: skip
+    print(json.dumps({"checkpoint": str(args.checkpoint), "dtype": dtype, "device": device, "weight_bytes": weight_bytes,
+                      "results": rows}))  # fmt: skip
+    return 0

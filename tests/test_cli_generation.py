@@ -1,0 +1,94 @@
+"""`generate`, `chat` and `bench` verbs on a small saved model folder with the GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scratchllm.checkpoints.io import load_model_folder, save_model
+from scratchllm.cli.main import main
+from scratchllm.generation.chat import TEMPLATES, Conversation, pick_template
+from scratchllm.generation.generate import GenerationConfig, generate
+from scratchllm.models import build_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, gpt2_tokenizer):
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = build_model("gpt-tiny", vocab_size=50257, context_length=128, tie_embeddings=True)
+    save_model(model, folder)
+    gpt2_tokenizer.save(folder / "scratchllm-tokenizer.json")
+    return folder
+
+
+def test_saved_folder_roundtrip(model_dir):
+    model = load_model_folder(model_dir)
+    again = load_model_folder(model_dir)
+    idx = torch.randint(0, 50257, (1, 20))
+    assert torch.equal(model(idx), again(idx))
+    assert model.out_head.weight is model.tok_emb.weight
+
+
+def test_generate_cli_greedy_matches_library(model_dir, gpt2_tokenizer, capsys):
+    args = ["generate", "--checkpoint", str(model_dir), "--prompt", "Every effort moves you", "--max-new-tokens",
+            "12", "--dtype", "fp32", "--stats"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr()
+    model = load_model_folder(model_dir)
+    ids = gpt2_tokenizer.encode("Every effort moves you")
+    expected = generate(model, [ids], GenerationConfig(max_new_tokens=12, stop_ids=(50256,)), gpt2_tokenizer).texts[0]
+    assert out.out == "Every effort moves you" + expected + "\n"
+    assert "decode" in out.err and "tokens/s" in out.err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [(["--prompt", ""], "empty"), (["--prompt", "x", "--temperature", "-1"], "temperature"),
+     (["--prompt", "x", "--top-p", "0"], "top_p"), (["--prompt", "x " * 200], "context length")],
+)  # fmt: skip
+def test_generate_cli_errors(model_dir, capsys, extra, match):
+    assert main(["generate", "--checkpoint", str(model_dir), *extra]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_cli_unknown_checkpoint(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_chat_cli_session(model_dir):
+    script = "hello there\n/reset\nsecond question\n/quit\n"
+    cmd = [sys.executable, "-m", "scratchllm", "chat", "--checkpoint", str(model_dir), "--max-new-tokens", "5",
+           "--dtype", "fp32", "--seed", "0"]  # fmt: skip
+    result = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "conversation cleared" in result.stderr
+    assert len(result.stdout.splitlines()) == 2  # one reply per question
+
+
+def test_chat_templates_and_overflow(gpt2_tokenizer):
+    conv = Conversation(TEMPLATES["alpaca"])
+    conv.turns += [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}]
+    conv.turns.append({"role": "user", "content": "Another?"})
+    text = TEMPLATES["alpaca"].render(conv.messages())
+    assert text.count("### Instruction:") == 2 and text.endswith("### Response:\n")
+    long_ids = conv.prompt_ids(gpt2_tokenizer, context_length=45, reply_budget=10)
+    assert len(long_ids) + 10 <= 45 and len(conv.turns) == 1  # the oldest pair was dropped
+    llama = TEMPLATES["llama3"].render([{"role": "user", "content": "Hi"}])
+    assert llama.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert pick_template(None, gpt2_tokenizer).name == "plain"
+
+
+def test_bench_cli_json(capsys):
+    assert main(["bench", "--checkpoint", "gpt-tiny", "--prompt-lengths", "8,16", "--batch-sizes", "1,2",
+                 "--new-tokens", "8", "--dtype", "fp32"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["results"]) == 4
+    for row in summary["results"]:
+        assert row["decode_tokens_per_s"] > 0 and row["ttft_ms"] > 0 and 0 < row["bandwidth_utilisation"]
