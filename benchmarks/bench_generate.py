@@ -45,8 +45,10 @@ def main() -> None:
     from scratchllm.models import build_model
 
     bandwidth = memory_bandwidth()
-    print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {args.model}, batch 1, greedy, "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens")  # fmt: skip
+    print(
+        f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {args.model}, batch 1, greedy, "
+        f"prompt {args.prompt_len}, {args.new_tokens} new tokens"
+    )
     torch.manual_seed(0)
     base = build_model(args.model).eval()
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
@@ -66,8 +68,14 @@ def main() -> None:
             ours_tps = result.decode_tokens_per_s
             hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
             start = time.perf_counter()
-            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
-                              min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)  # fmt: skip
+            out = hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
             hf_seconds = time.perf_counter() - start
             hf_tps = (out.shape[1] - prompt.shape[1]) / hf_seconds
             start = time.perf_counter()
@@ -77,14 +85,22 @@ def main() -> None:
         weight_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values() if t is not None)
         weight_bytes -= ours.out_head.weight.numel() * ours.out_head.weight.element_size() * ours.config.tie_embeddings
         achieved = ours_tps * weight_bytes
-        print(f"\n[{dtype_name}] weights {weight_bytes / 1e6:.0f} MB read per token; ceiling "
-              f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth")  # fmt: skip
-        print(f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  prefill {result.prefill_tokens_per_s:7.0f} tok/s"
-              f"  bandwidth {achieved / 1e9:5.1f} GB/s ({achieved / bandwidth:.0%})")  # fmt: skip
-        print(f"  transformers generate (cache)    {hf_tps:7.1f} tokens/s (whole call, prefill included)"
-              f"   ratio ours/HF {ours_tps / hf_tps:.2f}x (target >= 1.5x)")  # fmt: skip
-        print(f"  book loop, no cache ({args.uncached_tokens} tokens)   {book_tps:7.1f} tokens/s"
-              f"   ratio ours/uncached {ours_tps / book_tps:.1f}x (target >= 5x)")  # fmt: skip
+        print(
+            f"\n[{dtype_name}] weights {weight_bytes / 1e6:.0f} MB read per token; ceiling "
+            f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth"
+        )
+        print(
+            f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  prefill {result.prefill_tokens_per_s:7.0f} tok/s"
+            f"  bandwidth {achieved / 1e9:5.1f} GB/s ({achieved / bandwidth:.0%})"
+        )
+        print(
+            f"  transformers generate (cache)    {hf_tps:7.1f} tokens/s (whole call, prefill included)"
+            f"   ratio ours/HF {ours_tps / hf_tps:.2f}x (target >= 1.5x)"
+        )
+        print(
+            f"  book loop, no cache ({args.uncached_tokens} tokens)   {book_tps:7.1f} tokens/s"
+            f"   ratio ours/uncached {ours_tps / book_tps:.1f}x (target >= 5x)"
+        )
         print(f"  first 32 greedy tokens identical to transformers: {same}")
 
 

@@ -85,10 +85,15 @@ def run(args: argparse.Namespace) -> int:
     weight_bytes = sum(weights.values())
     bandwidth = measure_bandwidth() if device == "cpu" else None
     dtype = str(model.tok_emb.weight.dtype).replace("torch.", "")
-    print(f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
-          f"weights {weight_bytes / 2**20:.0f} MiB" + (f", memory bandwidth {bandwidth / 1e9:.1f} GB/s" if bandwidth else ""))  # fmt: skip
-    print(f"{'prompt':>6s} {'batch':>5s} {'TTFT ms':>8s} {'TPOT ms':>8s} {'decode tok/s':>12s} "
-          f"{'prefill tok/s':>13s} {'peak MiB':>8s} {'bw util':>7s}")  # fmt: skip
+    print(
+        f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
+        f"weights {weight_bytes / 2**20:.0f} MiB"
+        + (f", memory bandwidth {bandwidth / 1e9:.1f} GB/s" if bandwidth else "")
+    )
+    print(
+        f"{'prompt':>6s} {'batch':>5s} {'TTFT ms':>8s} {'TPOT ms':>8s} {'decode tok/s':>12s} "
+        f"{'prefill tok/s':>13s} {'peak MiB':>8s} {'bw util':>7s}"
+    )
     g = torch.Generator().manual_seed(0)
     generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))  # warm-up
     rows = []
@@ -99,13 +104,31 @@ def run(args: argparse.Namespace) -> int:
                 r = generate(model, prompts, GenerationConfig(max_new_tokens=args.new_tokens))
                 tpot = r.decode_seconds / max(r.decode_steps, 1)
                 util = (weight_bytes / tpot) / bandwidth if bandwidth and r.decode_steps else None
-                row = {"prompt_len": length, "batch": batch, "ttft_ms": r.prefill_seconds * 1e3, "tpot_ms": tpot * 1e3,
-                       "decode_tokens_per_s": batch * r.decode_tokens_per_s, "prefill_tokens_per_s": r.prefill_tokens_per_s,
-                       "peak_memory_mib": _peak_memory_mb(device), "bandwidth_utilisation": util}  # fmt: skip
+                row = {
+                    "prompt_len": length,
+                    "batch": batch,
+                    "ttft_ms": r.prefill_seconds * 1e3,
+                    "tpot_ms": tpot * 1e3,
+                    "decode_tokens_per_s": batch * r.decode_tokens_per_s,
+                    "prefill_tokens_per_s": r.prefill_tokens_per_s,
+                    "peak_memory_mib": _peak_memory_mb(device),
+                    "bandwidth_utilisation": util,
+                }
                 rows.append(row)
-                print(f"{length:6d} {batch:5d} {row['ttft_ms']:8.1f} {row['tpot_ms']:8.2f} "
-                      f"{row['decode_tokens_per_s']:12.1f} {row['prefill_tokens_per_s']:13.1f} "
-                      f"{row['peak_memory_mib']:8.0f} " + (f"{util:7.1%}" if util is not None else f"{'n/a':>7s}"))  # fmt: skip
-    print(json.dumps({"checkpoint": str(args.checkpoint), "dtype": dtype, "device": device, "weight_bytes": weight_bytes,
-                      "results": rows}))  # fmt: skip
+                print(
+                    f"{length:6d} {batch:5d} {row['ttft_ms']:8.1f} {row['tpot_ms']:8.2f} "
+                    f"{row['decode_tokens_per_s']:12.1f} {row['prefill_tokens_per_s']:13.1f} "
+                    f"{row['peak_memory_mib']:8.0f} " + (f"{util:7.1%}" if util is not None else f"{'n/a':>7s}")
+                )
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(args.checkpoint),
+                "dtype": dtype,
+                "device": device,
+                "weight_bytes": weight_bytes,
+                "results": rows,
+            }
+        )
+    )
     return 0
