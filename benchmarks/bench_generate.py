@@ -90,7 +90,8 @@ def main() -> None:
             f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth"
         )
         print(
-            f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  prefill {result.prefill_tokens_per_s:7.0f} tok/s"
+            f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  "
+            f"prefill {result.prefill_tokens_per_s:7.0f} tok/s"
             f"  bandwidth {achieved / 1e9:5.1f} GB/s ({achieved / bandwidth:.0%})"
         )
         print(
