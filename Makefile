@@ -24,7 +24,7 @@ $(VENV)/.test: $(VENV)/.base
 install: $(VENV)/.base
 
 run: $(VENV)/.base
-	$(BIN)/scratchllm prepare $(ARGS)
+	$(BIN)/scratchllm pretrain $(ARGS)
 
 test: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks

@@ -24,16 +24,6 @@ import torch
 IMPLS = ("ours", "hf", "book")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
 def build(impl: str, model_name: str):
     """(module, step_loss_fn) for one implementation, all from the same seeded weights."""
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
@@ -140,6 +130,7 @@ def main() -> None:
 
     from scratchllm.models import get_config
     from scratchllm.models.stats import model_stats
+    from scratchllm.training.mfu import matmul_peak
 
     torch.set_num_threads(2)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}

@@ -171,3 +171,10 @@ def test_presets_and_config_files(tmp_path):
         ModelConfig(n_heads=4, n_kv_heads=3, emb_dim=64)
     with pytest.raises(ScratchLLMError, match="unknown model"):
         get_config("gpt5")
+
+
+def test_replace_rederives_widths():
+    config = get_config("gpt-demo", emb_dim=192, n_heads=6)
+    assert (config.n_kv_heads, config.head_dim, config.hidden_dim) == (6, 32, 768)
+    explicit = get_config("llama-demo", n_layers=2)
+    assert explicit.hidden_dim == 688 and explicit.n_kv_heads == 2  # given explicitly by the preset: kept

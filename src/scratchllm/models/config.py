@@ -43,8 +43,11 @@ class ModelConfig:
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (source, hub id), not used by the model
+    # Which of n_kv_heads/head_dim/hidden_dim were filled in from the others, so `replace` re-derives them.
+    _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._derived = frozenset(n for n in ("n_kv_heads", "head_dim", "hidden_dim") if getattr(self, n) is None)
         if self.arch not in ARCHS:
             raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of {ARCHS}")
         if self.n_kv_heads is None:
@@ -79,10 +82,12 @@ class ModelConfig:
 
     # -- files ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     def replace(self, **changes: Any) -> ModelConfig:
-        return from_dict({**self.to_dict(), **changes})
+        """A copy with `changes`; derived widths follow changed dimensions unless given explicitly."""
+        base = {k: (None if k in self._derived else v) for k, v in self.to_dict().items()}
+        return from_dict({**base, **changes})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -100,7 +105,7 @@ class ModelConfig:
 def from_dict(data: dict[str, Any], where: str = "config") -> ModelConfig:
     if not isinstance(data, dict):
         raise ScratchLLMError(f"{where}: expected a mapping of config fields")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    known = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ScratchLLMError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")

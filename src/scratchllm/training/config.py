@@ -1,0 +1,124 @@
+"""Pretraining configuration: one flat dataclass, loadable from YAML, every field overridable by a flag.
+
+A YAML file holds the same keys as `PretrainConfig` (see configs/*.yaml); `model` is a preset name or a
+config file, and `model_overrides` changes single model fields (`--model-n-layers 4` on the command line).
+The resolved config (after file and flags) is saved in the run folder as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+
+@dataclass
+class PretrainConfig:
+    # model
+    model: str = "gpt-demo"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # data (see data.pipeline.PrepareOptions)
+    data: str | None = None  # None = the Python standard library's source
+    tokenizer: str = "train"
+    vocab_size: int = 8192
+    pattern: str = "gpt4"
+    data_out: str | None = None
+    val_fraction: float = 0.1
+    # optimisation
+    max_steps: int = 200
+    batch_size: int = 8  # sequences per micro-batch and per process
+    grad_accum: int = 1
+    seq_len: int | None = None  # default: the model's context length
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # autocast dtype: auto (bf16 where native), bf16, fp32
+    compile: bool = False
+    fused_loss: bool = True
+    seed: int = 1337
+    # monitoring and output
+    out_dir: str = "runs/pretrain"
+    eval_every: int = 50
+    eval_batches: int = 10
+    sample_every: int = 100
+    sample_prompt: str = "def "
+    sample_tokens: int = 64
+    log_every: int = 10
+    save_every: int = 100
+    keep_last: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ScratchLLMError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ScratchLLMError(f"config field 'keep_last' must be >= 1, got {self.keep_last}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ScratchLLMError(f"config fields: need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+
+
+def load_pretrain_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ScratchLLMError(f"{path}: malformed YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ScratchLLMError(f"{path}: expected a mapping of config fields")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ScratchLLMError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(FIELDS)})")
+    return data
+
+
+# With a GPU and no config file, the default run is bigger and longer (fields the user did not set).
+GPU_DEFAULTS = {"batch_size": 32, "max_steps": 2000, "eval_every": 200, "sample_every": 500, "save_every": 500,
+                "model_overrides": {"emb_dim": 512, "n_layers": 8, "n_heads": 8, "context_length": 512}}  # fmt: skip
+
+
+def build_config(file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
+    """File values, then non-None `overrides` (flags) on top."""
+    values: dict[str, Any] = load_pretrain_config(file) if file else {}
+    if file is None and _cuda_available():
+        for key, value in GPU_DEFAULTS.items():
+            if key == "model_overrides":
+                values[key] = dict(value)  # the user's --model-* flags are applied on top below
+            elif overrides.get(key) is None:
+                values[key] = value
+    model_overrides = dict(values.get("model_overrides") or {})
+    model_overrides.update(overrides.pop("model_overrides", None) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["model_overrides"] = model_overrides
+    try:
+        return PretrainConfig(**values)
+    except TypeError as e:
+        raise ScratchLLMError(f"pretrain config: {e}") from None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

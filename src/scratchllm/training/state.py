@@ -1,0 +1,114 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a folder `checkpoints/step-000200/` in the run folder holding
+    model_config.json, model.safetensors     the weights (loadable on their own)
+    optimizer.safetensors                    AdamW moments and step counters, flattened to named tensors
+    rng.safetensors                          torch's global RNG and the data sampler's RNG
+    state.json                               step, tokens seen, optimizer hyper-parameters, run config
+It is written as `step-000200.tmp/` and renamed when complete, so a crash mid-write leaves the previous
+checkpoint as the latest; only the last `keep_last` are kept. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scratchllm.checkpoints.io import (
+    WEIGHTS_FILE,
+    check_state_dict,
+    load_tensors,
+    read_model_config,
+    save_model,
+    save_tensors,
+)
+from scratchllm.errors import ScratchLLMError
+
+CHECKPOINTS = "checkpoints"
+_PREFIX = "step-"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, slots in sd["state"].items():
+        for name, value in slots.items():
+            tensors[f"state.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, state: TrainState,
+                    config: dict, keep_last: int) -> Path:  # fmt: skip
+    """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / f"{_PREFIX}{state.step:06d}"
+    tmp = root / f"{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tmp)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    save_tensors({"torch": torch.get_rng_state(), "sampler": sampler_rng.get_state()}, tmp / "rng.safetensors")
+    info = {"step": state.step, "tokens_seen": state.tokens_seen, "optimizer": opt_meta, "config": config}
+    (tmp / "state.json").write_text(json.dumps(info, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (unfinished `.tmp` folders are ignored)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.suffix != ".tmp")
+
+
+def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Generator) -> TrainState:
+    """Restore weights, optimizer, RNGs and counters from `folder`, after checking it matches the model."""
+    saved = read_model_config(folder)
+    if saved.to_dict() != model.config.to_dict():
+        diff = next(k for k, v in saved.to_dict().items() if model.config.to_dict().get(k) != v)
+        raise ScratchLLMError(
+            f"{folder}: checkpoint has {diff}={getattr(saved, diff)!r} but the run's model has "
+            f"{diff}={getattr(model.config, diff)!r}; use the run's own config or a new --out-dir"
+        )
+    tensors = load_tensors(folder / WEIGHTS_FILE)
+    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
+    if model.config.tie_embeddings:
+        tensors.setdefault("out_head.weight", tensors["tok_emb.weight"])
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            p.copy_(tensors[name])
+    try:
+        info = json.loads((folder / "state.json").read_text())
+        optimizer.load_state_dict(
+            _unflatten_optimizer(load_tensors(folder / "optimizer.safetensors"), info["optimizer"])
+        )
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise ScratchLLMError(f"{folder}: optimizer state does not match this model ({e})") from None
+    rng = load_tensors(folder / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    sampler_rng.set_state(rng["sampler"])
+    return TrainState(step=info["step"], tokens_seen=info["tokens_seen"])

@@ -1,0 +1,194 @@
+"""Pretraining: schedule, loss goes down, accumulation, exact resume, atomic checkpoints, errors, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scratchllm.checkpoints.io import atomic_write, load_tensors
+from scratchllm.checkpoints.load import load_checkpoint
+from scratchllm.errors import ScratchLLMError
+from scratchllm.training import state as state_module
+from scratchllm.training.config import PretrainConfig, build_config
+from scratchllm.training.schedule import lr_at
+from scratchllm.training.state import list_checkpoints
+from scratchllm.training.trainer import pretrain
+
+from .conftest import VERDICT
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("prepared")
+
+
+def tiny_config(data_dir, out_dir, **changes) -> PretrainConfig:
+    base = dict(model="gpt-tiny", model_overrides={"context_length": 32}, data=str(VERDICT), vocab_size=300,
+                data_out=str(data_dir), out_dir=str(out_dir), max_steps=6, batch_size=4, lr=3e-3, min_lr=3e-4,
+                warmup_steps=2, dtype="fp32", eval_every=3, eval_batches=2, sample_every=6, sample_tokens=8,
+                log_every=1, save_every=3, progress=False)  # fmt: skip
+    base.update(changes)
+    return PretrainConfig(**base)
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_tensors(run_dir / "model.safetensors")
+
+
+def test_schedule_values():
+    values = [lr_at(s, 1.0, 0.1, 10, 110) for s in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)  # linear warm-up
+    assert values[10] == pytest.approx(1.0)  # cosine starts at the peak
+    assert values[60] == pytest.approx(0.55)  # half way: mean of peak and floor
+    assert values[110] == pytest.approx(0.1) and min(values) >= 0.1
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))  # monotone decay
+
+
+def test_loss_goes_down_and_run_folder_is_complete(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, tmp_path / "run", max_steps=40, eval_every=20, save_every=20, batch_size=8)
+    result = pretrain(cfg)
+    first, last = result.evals[0], result.evals[-1]
+    assert first["step"] == 0 and last["step"] == 40
+    assert first["train_loss"] == pytest.approx(math.log(300), abs=0.5)  # starts near ln(vocab)
+    assert last["train_loss"] < first["train_loss"] - 1.0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "model.safetensors", "model_config.json", "scratchllm-tokenizer.json",
+                 "metrics.jsonl", "loss.png"):  # fmt: skip
+        assert (run / name).exists(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"train", "eval", "sample"}
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in records if r["kind"] == "train")
+    assert len(list_checkpoints(run)) == 2  # keep_last
+    loaded = load_checkpoint(run, dtype="fp32")  # self-contained: weights + tokenizer
+    assert loaded.tokenizer.vocab_size == 300 and loaded.source == "scratchllm"
+
+
+def test_accumulation_equals_larger_batch(data_dir, tmp_path):
+    big = pretrain(tiny_config(data_dir, tmp_path / "a", max_steps=2, batch_size=8, grad_accum=1))
+    small = pretrain(tiny_config(data_dir, tmp_path / "b", max_steps=2, batch_size=4, grad_accum=2))
+    a, b = final_weights(big.run_dir), final_weights(small.run_dir)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    overrides = {"model_overrides": {"context_length": 32, "drop_rate": 0.1}}  # dropout uses the RNG
+    full = pretrain(tiny_config(data_dir, tmp_path / "full", **overrides))
+
+    def interrupt(step):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(data_dir, tmp_path / "cut", **overrides), on_step=interrupt)
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")][-1] == "step-000004"  # saved on Ctrl-C
+    resumed = pretrain(tiny_config(data_dir, tmp_path / "cut", **overrides), resume=True)
+    assert resumed.state.step == 6
+    a, b = final_weights(full.run_dir), final_weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_survives_a_crash_mid_write(data_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    pretrain(tiny_config(data_dir, run, max_steps=3))
+    before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(run)}
+    real_save = state_module.save_tensors
+
+    def dying_save(tensors, path, metadata=None):
+        if "optimizer" in str(path):
+            path.write_bytes(b"half a file")
+            raise OSError("killed mid-write")
+        return real_save(tensors, path, metadata)
+
+    monkeypatch.setattr(state_module, "save_tensors", dying_save)
+    with pytest.raises(OSError, match="killed"):
+        pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
+    monkeypatch.undo()
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(run)} == before
+    assert pretrain(tiny_config(data_dir, run, max_steps=6), resume=True).state.step == 6
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old")
+
+    def broken_writer(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken_writer)
+    assert target.read_bytes() == b"old" and list(tmp_path.glob(".file.bin.tmp*")) == []
+
+
+def test_mismatched_and_corrupt_checkpoints(data_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(tiny_config(data_dir, run, max_steps=3))
+    with pytest.raises(ScratchLLMError, match="already holds checkpoints"):
+        pretrain(tiny_config(data_dir, run, max_steps=6))
+    with pytest.raises(ScratchLLMError, match="n_layers=2 but the run's model has n_layers=3"):
+        pretrain(tiny_config(data_dir, run, max_steps=6, model_overrides={"context_length": 32, "n_layers": 3}),
+                 resume=True)  # fmt: skip
+    ckpt = list_checkpoints(run)[-1]
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated file
+    with pytest.raises(ScratchLLMError, match="model.safetensors.*truncated"):
+        pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
+    assert weights.read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    tensors = load_tensors(run / "model.safetensors")
+    tensors["blocks.0.attn.qkv.weight"] = tensors["blocks.0.attn.qkv.weight"][:10]
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(weights))
+    with pytest.raises(ScratchLLMError, match="blocks.0.attn.qkv.weight.*shape"):
+        pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: llama-tiny\nlr: 0.01\nmodel_overrides: {n_layers: 3}\n")
+    cfg = build_config(path, lr=0.02, batch_size=None, model_overrides={"emb_dim": 32})
+    assert (cfg.model, cfg.lr, cfg.batch_size) == ("llama-tiny", 0.02, 8)
+    assert cfg.model_overrides == {"n_layers": 3, "emb_dim": 32}
+    path.write_text("lrr: 1\n")
+    with pytest.raises(ScratchLLMError, match="unknown field 'lrr'"):
+        build_config(path)
+    with pytest.raises(ScratchLLMError, match="batch_size"):
+        PretrainConfig(batch_size=0)
+
+
+def test_ddp_two_processes_match_one(data_dir, tmp_path):
+    """torchrun with 2 CPU processes x batch 4 follows the same losses as 1 process x batch 8."""
+    common = ["--model", "gpt-tiny", "--model-context-length", "32", "--data", str(VERDICT), "--vocab-size", "300",
+              "--data-out", str(data_dir), "--max-steps", "4", "--dtype", "fp32", "--eval-every", "2",
+              "--eval-batches", "2", "--log-every", "1", "--save-every", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [
+        sys.executable,
+        "-m",
+        "scratchllm",
+        "pretrain",
+        *common,
+        "--batch-size",
+        "8",
+        "--out-dir",
+        str(tmp_path / "one"),
+    ]
+    subprocess.run(single, check=True, capture_output=True, env=env, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                "-m", "scratchllm", "pretrain", *common, "--batch-size", "4", "--out-dir", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def losses(run):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in lines if r["kind"] == "train"]
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, abs=1e-4)
+    assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
