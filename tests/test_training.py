@@ -180,7 +180,8 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
     ]
     subprocess.run(single, check=True, capture_output=True, env=env, timeout=300)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                "-m", "scratchllm", "pretrain", *common, "--batch-size", "4", "--out-dir", str(tmp_path / "two")]  # fmt: skip
+                "-m", "scratchllm", "pretrain", *common, "--batch-size", "4",
+                "--out-dir", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -1,10 +1,12 @@
 """`--checkpoint` resolution: one function that turns what the user typed into a model and a tokenizer.
 
 Accepted, in the order they are tried:
-1. a scratchllm model or run folder (`model_config.json` + `model.safetensors`, tokenizer beside them);
-2. a HuggingFace folder (`config.json` + `model.safetensors`, sharded safetensors with an index, or
+1. a hub name (`gpt2`, `llama3.2-1b`, `owner/name`), downloaded once into the cache, then as below;
+2. a scratchllm model or run folder (`model_config.json` + `model.safetensors`, tokenizer beside them);
+3. a HuggingFace folder (`config.json` + `model.safetensors`, sharded safetensors with an index, or
    `pytorch_model.bin` read with `weights_only=True`) of a GPT-2 or Llama model;
-3. a preset name or a model config file: a randomly initialised model (for benchmarks and smoke tests).
+4. Meta's original Llama layout (`params.json` + `consolidated.*.pth` + `tokenizer.model`);
+5. a preset name or a model config file: a randomly initialised model (for benchmarks and smoke tests).
 The dtype is chosen here too: "auto" picks bf16 where the hardware computes it natively, else fp32.
 """
 
@@ -76,14 +78,21 @@ def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     tensors: dict[str, torch.Tensor] = {}
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").exists():
-        tensors = load_tensors(folder / "model.safetensors")
+        files = [folder / "model.safetensors"]
     elif index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        for shard in shards:
-            tensors.update(load_tensors(folder / shard))
+        try:
+            files = [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ScratchLLMError(f"{index}: malformed safetensors index ({e})") from None
+    else:
+        files = []
+    if files:
+        announce_memory(files, dtype)
+        for file in files:
+            tensors.update(load_tensors(file, dtype))
     elif (folder / "pytorch_model.bin").exists():
         try:
-            tensors = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            tensors = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # unpickling errors have many types; all mean "unsafe or broken file"
             raise ScratchLLMError(f"{folder / 'pytorch_model.bin'}: cannot load safely ({e})") from None
     else:
@@ -95,17 +104,37 @@ def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     return materialize(model, ours, dtype, device)
 
 
+def announce_memory(files: list[Path], dtype: torch.dtype | None) -> None:
+    """Say how much memory the weights will take before reading them (large models take a while)."""
+    import sys
+
+    from scratchllm.checkpoints.io import tensor_bytes
+
+    total = sum(tensor_bytes(f, dtype) for f in files)
+    if total > 256 * 2**20:
+        name = str(dtype).replace("torch.", "") if dtype else "stored dtype"
+        print(f"loading {files[0].parent.name}: {total / 2**30:.2f} GiB of weights in {name}", file=sys.stderr)
+
+
 def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | None = None) -> Loaded:
     """Model + tokenizer from a run folder, a HF folder, or a preset/config (random weights)."""
+    from scratchllm.checkpoints.download import cached_folder, download_model, resolve_repo
+    from scratchllm.checkpoints.meta import is_meta_folder, load_meta_folder
+
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     path = Path(spec)
+    if not path.exists() and (repo := resolve_repo(str(spec))) is not None:
+        path = cached_folder(repo) or download_model(str(spec))  # a hub name: cached after the first time
     if path.is_dir():
         if (path / CONFIG_FILE).exists():
             return Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
         if (path / "config.json").exists():
             return Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
-        raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE} or config.json)")
+        if is_meta_folder(path):
+            model, tokenizer = load_meta_folder(path, torch_dtype, device)
+            return Loaded(model, tokenizer, "meta")
+        raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
     from scratchllm.models.config import PRESETS, get_config, list_presets
 
     list_presets()

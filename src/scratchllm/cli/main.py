@@ -14,7 +14,7 @@ import sys
 from scratchllm import __version__
 from scratchllm.errors import ScratchLLMError
 
-VERBS = ["prepare", "tokenizer", "pretrain", "info", "generate", "chat", "bench"]
+VERBS = ["prepare", "tokenizer", "pretrain", "info", "generate", "chat", "bench", "download", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

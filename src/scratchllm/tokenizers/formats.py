@@ -87,7 +87,7 @@ def _from_vocab_and_merges(
         rank = ranks.get(merged)
         if rank is None:
             raise ScratchLLMError(f"{where}: merge {a!r} + {b!r} produces a token missing from the vocabulary")
-        if rank <= previous:
+        if rank < previous:  # equal: several merges may spell the same token
             raise ScratchLLMError(f"{where}: vocabulary ids are not in merge order at {a!r} + {b!r}")
         previous = rank
     return BPETokenizer(ranks, specials, pattern, name)
@@ -180,6 +180,10 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
         raise ScratchLLMError(f"tokenizer {spec!r}: no such file or folder (or use the name 'gpt2')")
     if path.is_file():
         if path.name.endswith(".model"):
+            from scratchllm.tokenizers.sentencepiece import SentencePieceTokenizer, is_sentencepiece_file
+
+            if is_sentencepiece_file(path):
+                return SentencePieceTokenizer(path)
             return from_tiktoken_file(path)
         head = path.read_bytes()[:200]
         if b'"format"' in head and b"scratchllm-bpe" in head:
@@ -190,7 +194,7 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
         (("tokenizer.json",), from_hf_tokenizer_json),
         (("vocab.json", "merges.txt"), lambda a, b: from_openai_files(a, b, name=path.name)),
         (("encoder.json", "vocab.bpe"), lambda a, b: from_openai_files(a, b, name=path.name)),
-        (("tokenizer.model",), from_tiktoken_file),
+        (("tokenizer.model",), load_tokenizer),
     ):
         if all((path / f).exists() for f in files):
             return loader(*(path / f for f in files))
@@ -198,3 +202,38 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
         f"{path}: no tokenizer found (expected {OUR_FILE}, tokenizer.json, vocab.json+merges.txt, "
         "encoder.json+vocab.bpe or tokenizer.model)"
     )
+
+
+def to_hf_tokenizer_json(tokenizer: BPETokenizer) -> dict:
+    """A HuggingFace `tokenizer.json` that encodes exactly like `tokenizer` (for `convert --to hf`).
+
+    HF's BPE applies merges by priority, so every way of splitting a token into two vocabulary tokens is
+    listed as a merge, ordered by the merged token's rank: the lowest-rank token that can form is always
+    formed first, which is precisely the rank rule our encoder follows.
+    """
+    to_unicode = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(to_unicode[b] for b in token)
+
+    merges = []
+    for token, _ in sorted(tokenizer.ranks.items(), key=lambda kv: kv[1]):
+        splits = [(token[:i], token[i:]) for i in range(1, len(token))]
+        splits = [(a, b) for a, b in splits if a in tokenizer.ranks and b in tokenizer.ranks]
+        splits.sort(key=lambda ab: (tokenizer.ranks[ab[0]], tokenizer.ranks[ab[1]]))
+        merges.extend([text(a), text(b)] for a, b in splits)
+    flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+    specials = [
+        {"id": i, "content": s, **flags} for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
+    ]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {text(t): r for t, r in tokenizer.ranks.items()}, "merges": merges},
+    }  # fmt: skip

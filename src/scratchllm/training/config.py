@@ -28,12 +28,12 @@ class PretrainConfig:
     data_out: str | None = None
     val_fraction: float = 0.1
     # optimisation
-    max_steps: int = 200
+    max_steps: int = 400
     batch_size: int = 8  # sequences per micro-batch and per process
     grad_accum: int = 1
     seq_len: int | None = None  # default: the model's context length
-    lr: float = 2e-3
-    min_lr: float = 2e-4
+    lr: float = 3e-3
+    min_lr: float = 3e-4
     warmup_steps: int = 20
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -47,11 +47,11 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     eval_every: int = 50
     eval_batches: int = 10
-    sample_every: int = 100
+    sample_every: int = 200
     sample_prompt: str = "def "
     sample_tokens: int = 64
     log_every: int = 10
-    save_every: int = 100
+    save_every: int = 200
     keep_last: int = 2
     progress: bool = True
 

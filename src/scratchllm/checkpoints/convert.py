@@ -1,0 +1,57 @@
+"""`scratchllm convert`: our model folders <-> HuggingFace folders.
+
+`to_hf` writes what `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` read:
+config.json, model.safetensors (HF names, untied copies contiguous), tokenizer.json (+ its config), and a
+generation_config.json. `to_scratchllm` goes the other way for any folder `--checkpoint` understands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+from scratchllm.checkpoints.io import atomic_write, save_model, save_tensors
+from scratchllm.errors import ScratchLLMError
+
+
+def to_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    from scratchllm.tokenizers.bpe import BPETokenizer
+    from scratchllm.tokenizers.formats import to_hf_tokenizer_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    hf_config = config_to_hf(config)
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    if eot is not None:
+        hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    hf_config["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    _write_json(out / "config.json", hf_config)
+    tensors = state_dict_to_hf({k: v.detach() for k, v in model.state_dict().items()}, config)
+    save_tensors(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    _write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    if tokenizer is not None:
+        if not isinstance(tokenizer, BPETokenizer):
+            raise ScratchLLMError("convert --to hf: only byte-level BPE tokenizers can be exported")
+        _write_json(out / "tokenizer.json", to_hf_tokenizer_json(tokenizer))
+        eot_text = next((s for s, i in tokenizer.special_tokens.items() if i == eot), None)
+        _write_json(out / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.context_length,
+            "bos_token": eot_text, "eos_token": eot_text, "clean_up_tokenization_spaces": False,
+        })  # fmt: skip
+    return out
+
+
+def to_scratchllm(model, tokenizer, out_dir: str | Path) -> Path:
+    from scratchllm.tokenizers.formats import OUR_FILE
+
+    out = save_model(model, out_dir)
+    if tokenizer is not None:
+        tokenizer.save(out / (OUR_FILE if hasattr(tokenizer, "ranks") else "tokenizer.model"))
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
