@@ -189,6 +189,7 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
         if b'"format"' in head and b"scratchllm-bpe" in head:
             return BPETokenizer.load(path)
         return from_hf_tokenizer_json(path)
+    first_error = None
     for files, loader in (
         ((OUR_FILE,), BPETokenizer.load),
         (("tokenizer.json",), from_hf_tokenizer_json),
@@ -197,7 +198,13 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
         (("tokenizer.model",), load_tokenizer),
     ):
         if all((path / f).exists() for f in files):
-            return loader(*(path / f for f in files))
+            # Llama 2's HF folder has a SentencePiece tokenizer.json we cannot read but also tokenizer.model.
+            try:
+                return loader(*(path / f for f in files))
+            except ScratchLLMError as e:
+                first_error = first_error or e
+    if first_error is not None:
+        raise first_error
     raise ScratchLLMError(
         f"{path}: no tokenizer found (expected {OUR_FILE}, tokenizer.json, vocab.json+merges.txt, "
         "encoder.json+vocab.bpe or tokenizer.model)"
