@@ -57,7 +57,7 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
         ours.load_state_dict(base.state_dict())
-        ours.to(dtype)
+        ours.to(dtype).use_decode_layout()
         hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
         hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
         hf.to(dtype)

@@ -186,3 +186,17 @@ def test_replace_rederives_widths():
     assert (config.n_kv_heads, config.head_dim, config.hidden_dim) == (6, 32, 768)
     explicit = get_config("llama-demo", n_layers=2)
     assert explicit.hidden_dim == 688 and explicit.n_kv_heads == 2  # given explicitly by the preset: kept
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_decode_layout_keeps_values(preset):
+    torch.manual_seed(0)
+    model = build_model(preset, tie_embeddings=True).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 512, (2, 12))
+    expected = model(idx)
+    model.use_decode_layout()
+    assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # stored input-major now
+    assert torch.allclose(model(idx), expected, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.out_head.weight is model.tok_emb.weight

@@ -193,3 +193,18 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, abs=1e-4)
     assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
+
+
+def test_epoch_sampling_is_the_books_loader():
+    import numpy as np
+
+    from scratchllm.training.trainer import epoch_batch
+
+    tokens = np.arange(1001)  # 1000 targets -> 10 windows of 100, batch 3 -> 3 batches per epoch (1 dropped)
+    epoch0 = [epoch_batch(tokens, 3, 100, step, seed=1) for step in range(3)]
+    starts = sorted(int(b[i, 0]) for b in epoch0 for i in range(3))
+    assert len(set(starts)) == 9 and all(s % 100 == 0 for s in starts)  # distinct, non-overlapping windows
+    assert all(torch.equal(b[:, 1:], b[:, :-1] + 1) for b in epoch0)  # targets shifted by one
+    again = epoch_batch(tokens, 3, 100, 1, seed=1)
+    assert torch.equal(again, epoch0[1])  # a function of the step: resuming needs no state
+    assert not torch.equal(epoch_batch(tokens, 3, 100, 3, seed=1), epoch0[0])  # reshuffled next epoch

@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     model = loaded.model
     device = str(model.tok_emb.weight.device)
+    if device == "cpu":
+        model.use_decode_layout()
     context = model.config.context_length
     if max(lengths) + args.new_tokens > context:
         raise ScratchLLMError(

@@ -41,6 +41,8 @@ def load_for_generation(args):
     from scratchllm.tokenizers.formats import load_tokenizer
 
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
+    if loaded.model.tok_emb.weight.device.type == "cpu":
+        loaded.model.use_decode_layout()
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")

@@ -4,9 +4,10 @@ Decisions (the readable step-by-step versions are in `book_attention.py`, and te
 - One fused QKV projection: a single matrix product instead of three, split afterwards. With grouped-query
   attention the split is uneven: n_heads query heads, n_kv_heads key and value heads.
 - Grouped-query attention (GQA): several query heads share one key/value head. n_kv_heads = n_heads is
-  ordinary multi-head attention, n_kv_heads = 1 is multi-query. Keys/values are repeated to the query
-  heads only at the attention product, never stored repeated, so the KV cache is n_heads/n_kv_heads
-  times smaller.
+  ordinary multi-head attention, n_kv_heads = 1 is multi-query. Keys/values are never stored repeated,
+  so the KV cache is n_heads/n_kv_heads times smaller; SDPA's `enable_gqa` (training, prefill) or
+  folding a group's queries together (one-token decode) avoids repeating them at all, and only a masked
+  multi-token product repeats them, for that product alone.
 - `F.scaled_dot_product_attention` does scale, mask, softmax, dropout and the weighted sum in one fused
   kernel (flash/memory-efficient where available), with `is_causal=True` for training so no mask tensor is
   built at all.
@@ -84,18 +85,29 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if start is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(start, k, v)
-        if self.n_kv_heads != self.n_heads:
-            # Repeat each key/value head for its group of query heads (a view-sized copy at this step only).
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         # Causal without a mask tensor when queries and keys cover the same positions; one new token
         # after a cache sees every key in view, which needs no mask either.
         is_causal = mask is None and k.shape[2] == T and T > 1
         if mask is None and not is_causal and T > 1:
             mask = causal_mask(T, k.shape[2], k.shape[2] - T, x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.drop_rate if self.training else 0.0
-        )
+        groups = self.n_heads // self.n_kv_heads
+        dropout = self.drop_rate if self.training else 0.0
+        if groups > 1 and T == 1:
+            # Decoding with GQA: fold each group's query heads into the query axis of their shared
+            # key/value head, so keys and values are read once and never repeated.
+            q = q.reshape(batch, self.n_kv_heads, groups, self.head_dim)
+            if mask is not None:
+                mask = mask.expand(batch, 1, groups, k.shape[2])
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = y.reshape(batch, self.n_heads, 1, self.head_dim)
+        elif groups > 1 and mask is not None:
+            # Each key/value head repeated for its group of query heads (a copy, for this product only).
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=groups > 1
+            )
         return self.proj(y.transpose(1, 2).reshape(batch, T, q_dim))
 
 

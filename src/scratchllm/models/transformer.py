@@ -160,6 +160,21 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = None
 
+    @torch.no_grad()
+    def use_decode_layout(self) -> Transformer:
+        """Store float32 Linear weights input-major, for faster one-token decoding on CPU (inference only).
+
+        Decoding multiplies one row vector by every weight matrix, a memory-bound product. On CPUs (measured
+        with torch 2.13's BLAS on 2 cores) `x @ W` with W stored (in, out) streams about 1.2-2x faster than
+        with `nn.Linear`'s (out, in) layout. The parameter becomes a transposed view of an (in, out) tensor:
+        `F.linear` then passes the contiguous (in, out) matrix straight to BLAS. Values, names and
+        `state_dict()` are unchanged; bf16 weights are left alone (their kernels prefer the usual layout).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
     # -- sizes ---------------------------------------------------------------------------------------------
     def num_parameters(self, count_tied_head: bool = False) -> int:
         """Parameter count; with a tied head, `count_tied_head=True` counts it again (the book's untied figure)."""

@@ -32,6 +32,8 @@ class PretrainConfig:
     batch_size: int = 8  # sequences per micro-batch and per process
     grad_accum: int = 1
     seq_len: int | None = None  # default: the model's context length
+    init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections scaled; "pytorch": torch's defaults, as the book
+    sampling: str = "random"  # "random" windows anywhere, or "epochs": the book's fixed windows, reshuffled per epoch
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 20
@@ -59,6 +61,10 @@ class PretrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ScratchLLMError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.init not in ("gpt2", "pytorch"):
+            raise ScratchLLMError(f"config field 'init' must be 'gpt2' or 'pytorch', got {self.init!r}")
+        if self.sampling not in ("random", "epochs"):
+            raise ScratchLLMError(f"config field 'sampling' must be 'random' or 'epochs', got {self.sampling!r}")
         if self.keep_last < 1:
             raise ScratchLLMError(f"config field 'keep_last' must be >= 1, got {self.keep_last}")
         if not 0 <= self.min_lr <= self.lr:

@@ -40,12 +40,16 @@ def perplexity(loss: float) -> float:
 
 @torch.no_grad()
 def split_loss(model, tokens: np.ndarray, seq_len: int, batches: int, batch_size: int, autocast_dtype=None) -> float:
-    """Mean next-token loss on `batches * batch_size` windows spaced evenly over `tokens`."""
+    """Mean next-token loss on `batches * batch_size` windows spread evenly over `tokens`.
+
+    Windows start at multiples of `seq_len`, as the book's loaders (stride = context) cut them, so on a
+    small corpus trained with `sampling: epochs` the training loss measures the very windows it learned.
+    """
     n_windows = batches * batch_size
-    last_start = len(tokens) - seq_len - 1
-    if last_start < 0:
+    n_aligned = (len(tokens) - 1) // seq_len
+    if n_aligned < 1:
         return float("nan")
-    starts = np.linspace(0, last_start, num=n_windows).astype(np.int64)
+    starts = np.linspace(0, n_aligned - 1, num=n_windows).round().astype(np.int64) * seq_len
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -85,6 +85,24 @@ def sample_batch(tokens: np.ndarray, n: int, seq_len: int, rng: torch.Generator)
     if high < 1:
         raise ScratchLLMError(f"training split has {len(tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
     starts = torch.randint(0, high + 1, (n,), generator=rng).tolist()
+    return _windows(tokens, starts, seq_len)
+
+
+def epoch_batch(tokens: np.ndarray, n: int, seq_len: int, step: int, seed: int) -> torch.Tensor:
+    """The book's data loader as a function of the step: non-overlapping windows (stride = seq_len),
+    shuffled once per epoch, the last incomplete batch of an epoch dropped. Stateless, so resuming at a
+    step needs nothing else; small corpora are memorised this way, as in the book's figure."""
+    n_windows = (len(tokens) - 1) // seq_len
+    per_epoch = n_windows // n
+    if per_epoch < 1:
+        raise ScratchLLMError(f"training split has {n_windows} windows of {seq_len} tokens, fewer than a batch of {n}")
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed + epoch))
+    picked = order[index * n : (index + 1) * n] * seq_len
+    return _windows(tokens, picked.tolist(), seq_len)
+
+
+def _windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64))
 
 
@@ -179,6 +197,12 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
     device = dist.device
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config).to(device)
+    if cfg.init == "pytorch":
+        # The book builds its GPTModel with PyTorch's default initialisation (embeddings N(0, 1), Linear
+        # Kaiming-uniform); on a tiny corpus that memorises much faster than GPT-2's N(0, 0.02).
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.reset_parameters()
     optimizer = make_optimizer(model, cfg, device)
     sampler_rng = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
@@ -257,7 +281,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
             lr = lr_at(state.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = sample_batch(train_tokens, global_batch, seq_len, sampler_rng)
+            if cfg.sampling == "epochs":
+                batch = epoch_batch(train_tokens, global_batch, seq_len, state.step, cfg.seed)
+            else:
+                batch = sample_batch(train_tokens, global_batch, seq_len, sampler_rng)
             rows = batch[dist.rank :: dist.world_size].to(device)
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
