@@ -208,3 +208,10 @@ def test_epoch_sampling_is_the_books_loader():
     again = epoch_batch(tokens, 3, 100, 1, seed=1)
     assert torch.equal(again, epoch0[1])  # a function of the step: resuming needs no state
     assert not torch.equal(epoch_batch(tokens, 3, 100, 3, seed=1), epoch0[0])  # reshuffled next epoch
+
+
+def test_compiled_training_matches_eager(data_dir, tmp_path):
+    eager = pretrain(tiny_config(data_dir, tmp_path / "eager", max_steps=3))
+    compiled = pretrain(tiny_config(data_dir, tmp_path / "compiled", max_steps=3, compile=True))
+    a, b = final_weights(eager.run_dir), final_weights(compiled.run_dir)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)

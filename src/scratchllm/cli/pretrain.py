@@ -86,5 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if last:
         print(f"final: step {last['step']}, {last['tokens_seen']:,} tokens seen, train loss {last['train_loss']:.3f}, "
               f"validation loss {last['val_loss']:.3f} (perplexity {last['val_perplexity']:.1f})")  # fmt: skip
-    print(f"try:   scratchllm generate --checkpoint {result.run_dir} --prompt 'def ' --temperature 0.8 --top-k 50")
+    import shlex
+
+    prompt = shlex.quote(cfg.sample_prompt)
+    print(f"try:   scratchllm generate --checkpoint {result.run_dir} --prompt {prompt} --temperature 0.8 --top-k 50")
     return 0
