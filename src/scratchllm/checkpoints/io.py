@@ -127,25 +127,37 @@ def save_model(model, folder: str | Path) -> Path:
 
 def read_model_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise ScratchLLMError(f"{folder}: no {CONFIG_FILE}; not a scratchllm model folder")
+    return from_dict(read_json(path), str(path))
+
+
+def read_json(path: str | Path):
+    """Parse a JSON file, with one-line errors naming it."""
     try:
-        return from_dict(json.loads(path.read_text()), str(path))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ScratchLLMError(f"{folder}: no {CONFIG_FILE}; not a scratchllm model folder") from None
-    except json.JSONDecodeError as e:
+        raise ScratchLLMError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ScratchLLMError(f"{path}: malformed JSON ({e})") from None
+
+
+def model_from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str, dtype, device: str):
+    """A model for `config` holding `tensors` (our names), checked first, with no random init pass."""
+    from scratchllm.models import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    check_state_dict(model, tensors, where)
+    return materialize(model, tensors, dtype, device)
 
 
 def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Build the model described by `model_config.json` and load `model.safetensors` into it."""
-    from scratchllm.models import Transformer
-
     folder = Path(folder)
     config = read_model_config(folder)
     tensors = load_tensors(folder / WEIGHTS_FILE, dtype)
-    with torch.device("meta"):
-        model = Transformer(config)
-    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
-    return materialize(model, tensors, dtype, device)
+    return model_from_tensors(config, tensors, str(folder / WEIGHTS_FILE), dtype, device)
 
 
 def materialize(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, device: str):

@@ -12,13 +12,12 @@ The dtype is chosen here too: "auto" picks bf16 where the hardware computes it n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors, materialize
+from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors
 from scratchllm.errors import ScratchLLMError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -67,22 +66,17 @@ def _tokenizer_in(folder: Path):
 def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     """A HuggingFace GPT-2/Llama folder -> our model, streaming tensors from safetensors files."""
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
-    from scratchllm.checkpoints.io import check_state_dict
-    from scratchllm.models import Transformer
+    from scratchllm.checkpoints.io import model_from_tensors, read_json
 
-    try:
-        hf_config = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ScratchLLMError(f"{folder / 'config.json'}: malformed JSON ({e})") from None
-    config = config_from_hf(hf_config, name=folder.name)
+    config = config_from_hf(read_json(folder / "config.json"), name=folder.name)
     tensors: dict[str, torch.Tensor] = {}
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]
     elif index.exists():
         try:
-            files = [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            files = [folder / s for s in sorted(set(read_json(index)["weight_map"].values()))]
+        except (KeyError, AttributeError) as e:
             raise ScratchLLMError(f"{index}: malformed safetensors index ({e})") from None
     else:
         files = []
@@ -97,11 +91,7 @@ def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
             raise ScratchLLMError(f"{folder / 'pytorch_model.bin'}: cannot load safely ({e})") from None
     else:
         raise ScratchLLMError(f"{folder}: no model.safetensors, safetensors index or pytorch_model.bin")
-    ours = state_dict_from_hf(tensors, config)
-    with torch.device("meta"):
-        model = Transformer(config)
-    check_state_dict(model, ours, str(folder))
-    return materialize(model, ours, dtype, device)
+    return model_from_tensors(config, state_dict_from_hf(tensors, config), str(folder), dtype, device)
 
 
 def announce_memory(files: list[Path], dtype: torch.dtype | None) -> None:

@@ -14,7 +14,6 @@ Differences from HuggingFace's layout that this module absorbs:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -112,19 +111,12 @@ def state_dict_from_meta(sd: dict[str, torch.Tensor], config: ModelConfig) -> di
 
 def load_meta_folder(folder: Path, dtype: torch.dtype | None, device: str):
     """Model and tokenizer from a Meta-layout Llama folder."""
-    from scratchllm.checkpoints.io import check_state_dict, materialize
-    from scratchllm.models import Transformer
+    from scratchllm.checkpoints.io import model_from_tensors, read_json
     from scratchllm.tokenizers.formats import load_tokenizer
 
-    try:
-        params = json.loads((folder / "params.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ScratchLLMError(f"{folder / 'params.json'}: malformed JSON ({e})") from None
+    params = read_json(folder / "params.json")
     tokenizer = load_tokenizer(folder / "tokenizer.model") if (folder / "tokenizer.model").exists() else None
     vocab = tokenizer.vocab_size if tokenizer is not None else -1
     config = config_from_params(params, vocab, folder.name)
     ours = state_dict_from_meta(load_meta_state(folder, dtype), config)
-    with torch.device("meta"):
-        model = Transformer(config)
-    check_state_dict(model, ours, str(folder))
-    return materialize(model, ours, dtype, device), tokenizer
+    return model_from_tensors(config, ours, str(folder), dtype, device), tokenizer
