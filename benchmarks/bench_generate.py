@@ -103,6 +103,22 @@ def main() -> None:
             f"   ratio ours/uncached {ours_tps / book_tps:.1f}x (target >= 5x)"
         )
         print(f"  first 32 greedy tokens identical to transformers: {same}")
+        if dtype == torch.bfloat16:
+            from scratchllm.generation.quantize import quantize_int8
+
+            q = build_model(args.model).eval()
+            q.load_state_dict(base.state_dict())
+            quantize_int8(q.to(dtype))
+            with torch.inference_mode():
+                generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4))
+                q_result = generate(q, [prompt[0].tolist()], cfg)
+            q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
+            print(
+                f"  scratchllm int8 weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
+                f"   ratio vs transformers bf16 {q_result.decode_tokens_per_s / hf_tps:.2f}x, vs our bf16 "
+                f"{q_result.decode_tokens_per_s / ours_tps:.2f}x; "
+                f"{q_same}/{len(result.tokens[0])} greedy tokens as bf16"
+            )
 
 
 if __name__ == "__main__":

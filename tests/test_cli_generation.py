@@ -85,6 +85,13 @@ def test_chat_templates_and_overflow(gpt2_tokenizer):
     assert pick_template(None, gpt2_tokenizer).name == "plain"
 
 
+def test_generate_cli_int8(model_dir, capsys):
+    args = ["generate", "--checkpoint", str(model_dir), "--prompt", "Hello", "--max-new-tokens", "5", "--quantize",
+            "int8", "--dtype", "bf16"]  # fmt: skip
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+
+
 def test_bench_cli_json(capsys):
     assert main(["bench", "--checkpoint", "gpt-tiny", "--prompt-lengths", "8,16", "--batch-sizes", "1,2",
                  "--new-tokens", "8", "--dtype", "fp32"]) == 0  # fmt: skip

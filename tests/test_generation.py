@@ -152,3 +152,25 @@ def test_greedy_matches_transformers_generate(arch):
         expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=25, do_sample=False,
                                min_new_tokens=25, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
         assert got == expected
+
+
+def test_int8_weight_only_quantisation():
+    from scratchllm.generation.quantize import Int8Linear, quantize_int8
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    q = Int8Linear(linear)
+    x = torch.randn(3, 5, 96)
+    rel = (q(x) - linear(x)).norm() / linear(x).norm()
+    assert q.weight_int8.dtype == torch.int8 and rel < 0.01
+    model = build_model("gpt-tiny", tie_embeddings=True).eval()
+    idx = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        expected = model(idx)
+        quantize_int8(model)
+        got = model(idx)
+    assert isinstance(model.out_head, Int8Linear) and isinstance(model.blocks[0].attn.qkv, Int8Linear)
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
+    assert cos > 0.999
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scratchllm.cli.generate import add_model_arguments
+from scratchllm.cli.generate import add_model_arguments, prepare_for_inference
 
 
 def register(sub) -> None:
@@ -76,17 +76,19 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     model = loaded.model
     device = str(model.tok_emb.weight.device)
-    if device == "cpu":
-        model.use_decode_layout()
+    prepare_for_inference(model, args.quantize)
     context = model.config.context_length
     if max(lengths) + args.new_tokens > context:
         raise ScratchLLMError(
             f"prompt length {max(lengths)} + {args.new_tokens} new tokens exceeds the context {context}"
         )
-    weights = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    # Bytes one decode step must read: every weight except the embedding tables, of which it reads a row
+    # (a tied head is counted through `out_head.weight`).
+    weights = {t.data_ptr(): t.numel() * t.element_size() for name, t in model.state_dict().items()
+               if name not in ("tok_emb.weight", "pos_emb.weight")}  # fmt: skip
     weight_bytes = sum(weights.values())
     bandwidth = measure_bandwidth() if device == "cpu" else None
-    dtype = str(model.tok_emb.weight.dtype).replace("torch.", "")
+    dtype = str(model.tok_emb.weight.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
     print(
         f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
         f"weights {weight_bytes / 2**20:.0f} MiB"

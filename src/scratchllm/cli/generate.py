@@ -21,6 +21,12 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
         help="auto = bf16 where the hardware has native bf16, else fp32",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="int8 weight-only quantisation (about 1.8x faster bf16 decoding on CPU)",
+    )
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0) -> None:
@@ -41,12 +47,21 @@ def load_for_generation(args):
     from scratchllm.tokenizers.formats import load_tokenizer
 
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
-    if loaded.model.tok_emb.weight.device.type == "cpu":
-        loaded.model.use_decode_layout()
+    prepare_for_inference(loaded.model, args.quantize)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")
     return loaded.model, tokenizer
+
+
+def prepare_for_inference(model, quantize: str | None) -> None:
+    """Int8 weights when asked; otherwise the CPU-friendly weight layout for one-token decoding."""
+    if quantize == "int8":
+        from scratchllm.generation.quantize import quantize_int8
+
+        quantize_int8(model)
+    elif model.tok_emb.weight.device.type == "cpu":
+        model.use_decode_layout()
 
 
 def generation_config(args, tokenizer):

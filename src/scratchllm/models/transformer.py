@@ -143,7 +143,7 @@ class Transformer(nn.Module):
         # product; a sparse embedding gradient is then added into the rows in use only, instead of
         # materialising and adding a second dense (vocab, d) gradient (~0.3 s per step for GPT-2 on CPU).
         weight = self.tok_emb.weight
-        sparse = weight.requires_grad and torch.is_grad_enabled() and self.out_head.weight is weight
+        sparse = weight.requires_grad and torch.is_grad_enabled() and getattr(self.out_head, "weight", None) is weight
         return F.embedding(idx, weight, sparse=sparse)
 
     # -- KV cache ------------------------------------------------------------------------------------------
