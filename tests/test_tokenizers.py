@@ -147,7 +147,7 @@ def test_tiktoken_rank_file(tmp_path, gpt2_tokenizer):
 @pytest.mark.parametrize(
     "encoder,merges,match",
     [
-        ("{not json", "#version: 0.2\n", "not a valid JSON"),
+        ("{not json", "#version: 0.2\n", "malformed JSON"),
         ('{"a": "x"}', "#version: 0.2\n", "integer ids"),
         (None, "#version: 0.2\nĠ t h\n", "two tokens"),
         (None, "#version: 0.2\nq z\n", "missing from the vocabulary"),

@@ -13,31 +13,16 @@ Decisions:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import atomic_write, read_json
 from scratchllm.models.config import ModelConfig, from_dict
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then move the finished file to `path` (fsynced, same-folder rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
@@ -130,16 +115,6 @@ def read_model_config(folder: str | Path) -> ModelConfig:
     if not path.exists():
         raise ScratchLLMError(f"{folder}: no {CONFIG_FILE}; not a scratchllm model folder")
     return from_dict(read_json(path), str(path))
-
-
-def read_json(path: str | Path):
-    """Parse a JSON file, with one-line errors naming it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScratchLLMError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScratchLLMError(f"{path}: malformed JSON ({e})") from None
 
 
 def model_from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str, dtype, device: str):

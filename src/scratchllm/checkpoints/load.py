@@ -66,7 +66,8 @@ def _tokenizer_in(folder: Path):
 def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     """A HuggingFace GPT-2/Llama folder -> our model, streaming tensors from safetensors files."""
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
-    from scratchllm.checkpoints.io import model_from_tensors, read_json
+    from scratchllm.checkpoints.io import model_from_tensors
+    from scratchllm.files import read_json
 
     config = config_from_hf(read_json(folder / "config.json"), name=folder.name)
     tensors: dict[str, torch.Tensor] = {}

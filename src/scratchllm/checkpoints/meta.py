@@ -111,7 +111,8 @@ def state_dict_from_meta(sd: dict[str, torch.Tensor], config: ModelConfig) -> di
 
 def load_meta_folder(folder: Path, dtype: torch.dtype | None, device: str):
     """Model and tokenizer from a Meta-layout Llama folder."""
-    from scratchllm.checkpoints.io import model_from_tensors, read_json
+    from scratchllm.checkpoints.io import model_from_tensors
+    from scratchllm.files import read_json
     from scratchllm.tokenizers.formats import load_tokenizer
 
     params = read_json(folder / "params.json")

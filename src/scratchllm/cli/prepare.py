@@ -19,19 +19,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens held out for validation")
 
 
-def options_from_args(args: argparse.Namespace):
-    from scratchllm.data.pipeline import PrepareOptions
-
-    return PrepareOptions(
-        data=args.data,
-        tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
-        pattern=args.pattern,
-        out=args.data_out,
-        val_fraction=args.val_fraction,
-    )
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -45,10 +32,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from scratchllm.data.pipeline import prepare_data
+    from scratchllm.data.pipeline import options_from, prepare_data
 
     start = time.perf_counter()
-    prepared = prepare_data(options_from_args(args))
+    prepared = prepare_data(options_from(args))
     m = prepared.meta
     print(f"prepared {prepared.folder} in {time.perf_counter() - start:.1f}s")
     print(f"  source      {m.source} ({m.n_documents} documents, {m.n_characters:,} characters)")

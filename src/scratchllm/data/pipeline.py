@@ -35,6 +35,18 @@ class PrepareOptions:
     seed: int = 0
 
 
+def options_from(settings) -> PrepareOptions:
+    """PrepareOptions from anything with the same-named fields (CLI arguments, a PretrainConfig)."""
+    return PrepareOptions(
+        data=settings.data,
+        tokenizer=settings.tokenizer,
+        vocab_size=settings.vocab_size,
+        pattern=settings.pattern,
+        out=settings.data_out,
+        val_fraction=settings.val_fraction,
+    )
+
+
 def default_out_dir(opts: PrepareOptions) -> Path:
     tag = f"bpe{opts.vocab_size}" if opts.tokenizer == TRAIN else Path(opts.tokenizer).name or "tok"
     return DATA_ROOT / f"{corpus_name(opts.data)}-{tag}"

@@ -25,6 +25,7 @@ from typing import Literal
 import regex
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import atomic_write
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # GPT-4 (cl100k): case-insensitive contractions, digits in groups of at most three, newlines kept apart.
@@ -201,10 +202,8 @@ class BPETokenizer:
             "special_tokens": self.special_tokens,
             "tokens": tokens,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False))
-        tmp.replace(path)
-        return path
+        text = json.dumps(data, ensure_ascii=False)
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:

@@ -13,11 +13,11 @@ agree with the merges; a file that fails that check is reported, never silently 
 from __future__ import annotations
 
 import base64
-import json
 from functools import lru_cache
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_json
 from scratchllm.tokenizers.bpe import END_OF_TEXT, GPT2_PATTERN, BPETokenizer
 
 OUR_FILE = "scratchllm-tokenizer.json"
@@ -45,15 +45,6 @@ def _unicode_to_bytes(token: str, where: str) -> bytes:
         return bytes(decoder[c] for c in token)
     except KeyError:
         raise ScratchLLMError(f"{where}: token {token!r} is not in GPT-2's byte-level alphabet") from None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScratchLLMError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScratchLLMError(f"{path}: not a valid JSON file ({e})") from None
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
@@ -95,7 +86,7 @@ def _from_vocab_and_merges(
 
 def from_openai_files(encoder_json: str | Path, vocab_bpe: str | Path, name: str = "gpt2") -> BPETokenizer:
     """GPT-2 as OpenAI published it (`encoder.json`, `vocab.bpe`); HF's `vocab.json`/`merges.txt` too."""
-    vocab = _read_json(Path(encoder_json))
+    vocab = read_json(Path(encoder_json))
     specials = {END_OF_TEXT: vocab[END_OF_TEXT]} if isinstance(vocab, dict) and END_OF_TEXT in vocab else {}
     return _from_vocab_and_merges(vocab, _read_merges(Path(vocab_bpe)), specials, GPT2_PATTERN, name, str(encoder_json))
 
@@ -103,7 +94,7 @@ def from_openai_files(encoder_json: str | Path, vocab_bpe: str | Path, name: str
 def from_hf_tokenizer_json(path: str | Path, name: str | None = None) -> BPETokenizer:
     """HuggingFace `tokenizer.json` with a byte-level BPE model (GPT-2, Llama 3, our exports)."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         raise ScratchLLMError(f"{path}: field 'model.type' should be 'BPE' for a byte-level BPE tokenizer")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from scratchllm.checkpoints.io import save_model
-from scratchllm.data.pipeline import PrepareOptions, prepare_data
+from scratchllm.data.pipeline import options_from, prepare_data
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import Transformer, get_config
 from scratchllm.models.stats import model_stats
@@ -174,14 +174,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
     if resume and not existing:
         raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
     # Data: rank 0 prepares (or reuses) the token file, the others wait and then open it.
-    opts = PrepareOptions(
-        data=cfg.data,
-        tokenizer=cfg.tokenizer,
-        vocab_size=cfg.vocab_size,
-        pattern=cfg.pattern,
-        out=cfg.data_out,
-        val_fraction=cfg.val_fraction,
-    )
+    opts = options_from(cfg)
     if main:
         prepared = prepare_data(opts, progress=cfg.progress)
     barrier(dist)
