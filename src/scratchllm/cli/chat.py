@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         ids = conv.prompt_ids(tokenizer, model.config.context_length, cfg.max_new_tokens)
         decoder = StreamDecoder(tokenizer, cfg.stop_strings)
         reply = ""
+        interrupted = False
         try:
             with torch.inference_mode():
                 for _, nxt, _ in generate_steps(model, [ids], cfg):
@@ -72,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
                     if decoder.stopped:
                         break
         except KeyboardInterrupt:
-            print(" [stopped]", file=sys.stderr)
+            interrupted = True
         tail = decoder.flush()
         reply += tail
-        sys.stdout.write(tail + "\n")
+        sys.stdout.write(("" if interrupted else tail) + "\n")
         sys.stdout.flush()
+        if interrupted:
+            print("[answer stopped]", file=sys.stderr)
         conv.turns.append({"role": "assistant", "content": reply.strip()})
