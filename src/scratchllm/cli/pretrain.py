@@ -45,7 +45,7 @@ def register(sub) -> None:
             p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {getattr(defaults, f.name)})")
     hints = typing.get_type_hints(ModelConfig)
     for f in dataclasses.fields(ModelConfig):
-        if not f.init or f.name in ("name", "vocab_size", "extra", "rope_scaling"):
+        if not f.init or f.name in ("name", "vocab_size", "rope_scaling"):
             continue
         kind = hints[f.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)

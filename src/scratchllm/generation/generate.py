@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,7 +53,6 @@ class GenerationResult:
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
     decode_steps: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def prefill_tokens_per_s(self) -> float:

@@ -42,7 +42,6 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (source, hub id), not used by the model
     # Which of n_kv_heads/head_dim/hidden_dim were filled in from the others, so `replace` re-derives them.
     _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
