@@ -215,3 +215,25 @@ def test_compiled_training_matches_eager(data_dir, tmp_path):
     compiled = pretrain(tiny_config(data_dir, tmp_path / "compiled", max_steps=3, compile=True))
     a, b = final_weights(eager.run_dir), final_weights(compiled.run_dir)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_bf16_autocast_training_learns(data_dir, tmp_path):
+    result = pretrain(tiny_config(data_dir, tmp_path / "bf16", dtype="bf16", max_steps=12, eval_every=12))
+    first, last = result.evals[0], result.evals[-1]
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] < first["train_loss"] - 0.3
+
+
+def test_cli_resume_reuses_the_run_config(data_dir, tmp_path, capsys):
+    from scratchllm.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["pretrain", "--model", "gpt-tiny", "--model-context-length", "32", "--data", str(VERDICT),
+            "--vocab-size", "300", "--data-out", str(data_dir), "--out-dir", str(out), "--max-steps", "3",
+            "--batch-size", "4", "--dtype", "fp32", "--eval-every", "3", "--save-every", "3",
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    # Only the output folder and the new length: model, data and batch come from runs/.../config.yaml.
+    assert main(["pretrain", "--resume", "--out-dir", str(out), "--max-steps", "5", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "resumed from" in text and "step 5" in text and "gpt-tiny" in text
+    assert main(["pretrain", "--out-dir", str(out), "--max-steps", "6"]) == 2  # would overwrite: refused
