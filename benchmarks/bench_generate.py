@@ -15,18 +15,6 @@ import time
 import torch
 
 
-def memory_bandwidth(n_bytes: int = 1 << 30) -> float:
-    """Bytes/s of a large copy (read + write counted), best of three."""
-    src = torch.empty(n_bytes // 4, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n_bytes / best
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2-small")
@@ -43,6 +31,7 @@ def main() -> None:
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
     from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
     from scratchllm.models import build_model
+    from scratchllm.training.mfu import memory_bandwidth
 
     bandwidth = memory_bandwidth()
     print(

@@ -146,9 +146,5 @@ def materialize(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype | No
         model.out_head.weight = model.tok_emb.weight
     # Non-persistent buffers (RoPE tables) were created on meta; rebuild them for real.
     if model.config.uses_rope:
-        from scratchllm.models.rope import rope_cache
-
-        c = model.config
-        cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
-        model.rope_cos, model.rope_sin = cos, sin
+        model.init_rope()
     return model.to(device).eval()

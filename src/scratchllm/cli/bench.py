@@ -36,23 +36,6 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def measure_bandwidth(n_bytes: int = 1 << 28) -> float:
-    import time
-
-    import torch
-
-    src = torch.ones(n_bytes // 4)
-    dst = torch.empty_like(src)
-    best = min(_timed(lambda: dst.copy_(src), time) for _ in range(3))
-    return 2 * n_bytes / best
-
-
-def _timed(fn, time) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _peak_memory_mb(device: str) -> float:
     import resource
 
@@ -87,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     weights = {t.data_ptr(): t.numel() * t.element_size() for name, t in model.state_dict().items()
                if name not in ("tok_emb.weight", "pos_emb.weight")}  # fmt: skip
     weight_bytes = sum(weights.values())
-    bandwidth = measure_bandwidth() if device == "cpu" else None
+    from scratchllm.training.mfu import memory_bandwidth
+
+    bandwidth = memory_bandwidth() if device == "cpu" else None
     dtype = str(model.tok_emb.weight.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
     print(
         f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "

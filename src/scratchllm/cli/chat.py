@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from scratchllm.generation.chat import Conversation, pick_template
-    from scratchllm.generation.generate import StreamDecoder, generate_steps
+    from scratchllm.generation.generate import stream_text
 
     model, tokenizer = load_for_generation(args)
     template = pick_template(args.template, tokenizer)
@@ -57,27 +57,15 @@ def run(args: argparse.Namespace) -> int:
             continue
         conv.turns.append({"role": "user", "content": message})
         ids = conv.prompt_ids(tokenizer, model.config.context_length, cfg.max_new_tokens)
-        decoder = StreamDecoder(tokenizer, cfg.stop_strings)
         reply = ""
-        interrupted = False
         try:
             with torch.inference_mode():
-                for _, nxt, _ in generate_steps(model, [ids], cfg):
-                    token = int(nxt[0])
-                    if token in cfg.stop_ids:
-                        break
-                    piece = decoder.push(token)
+                for piece in stream_text(model, tokenizer, ids, cfg):
                     reply += piece
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-                    if decoder.stopped:
-                        break
         except KeyboardInterrupt:
-            interrupted = True
-        tail = decoder.flush()
-        reply += tail
-        sys.stdout.write(("" if interrupted else tail) + "\n")
+            print("\n[answer stopped]", file=sys.stderr)
+        sys.stdout.write("\n")
         sys.stdout.flush()
-        if interrupted:
-            print("[answer stopped]", file=sys.stderr)
         conv.turns.append({"role": "assistant", "content": reply.strip()})

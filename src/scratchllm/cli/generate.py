@@ -91,35 +91,26 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.generation.generate import generate_steps
+    from scratchllm.generation.generate import stream_text
 
     model, tokenizer = load_for_generation(args)
     cfg = generation_config(args, tokenizer)
     if not args.prompt:
         raise ScratchLLMError("--prompt is empty: give some text to continue")
     ids = tokenizer.encode(args.prompt, allowed_special="all")
-    from scratchllm.generation.generate import StreamDecoder
-
-    decoder = StreamDecoder(tokenizer, cfg.stop_strings)
     timings: dict = {}
-    n = 0
     sys.stdout.write(args.prompt)
     start = time.perf_counter()
     with torch.inference_mode():
-        for _, nxt, _ in generate_steps(model, [ids], cfg, timings):
-            token = int(nxt[0])
-            if token in cfg.stop_ids:
-                break
-            n += 1
-            sys.stdout.write(decoder.push(token))
+        for piece in stream_text(model, tokenizer, ids, cfg, timings):
+            sys.stdout.write(piece)
             sys.stdout.flush()
-            if decoder.stopped:
-                break
-    sys.stdout.write(decoder.flush() + "\n")
+    sys.stdout.write("\n")
     if args.stats:
         total = time.perf_counter() - start
         prefill = timings.get("prefill_seconds", 0.0)
         decode = timings.get("decode_seconds", 0.0)
+        n = timings["new_tokens"]
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         print(f"[{dtype}] prompt {len(ids)} tokens, prefill {len(ids) / max(prefill, 1e-9):.1f} tokens/s; "
               f"{n} new tokens, decode {max(n - 1, 0) / max(decode, 1e-9):.1f} tokens/s; total {total:.2f}s",

@@ -18,6 +18,7 @@ The book's `generate_text_simple` (no cache, whole sequence every step) is kept 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -250,20 +251,29 @@ class StreamDecoder:
         return out
 
 
-def stream_text(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig | None = None) -> Iterator[str]:
-    """Yield decoded text pieces as tokens arrive (one prompt); stops at stop ids and stop strings."""
+def stream_text(
+    model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig | None = None, timings: dict | None = None
+) -> Iterator[str]:
+    """Yield decoded text pieces as tokens arrive (one prompt); stops at stop ids and stop strings.
+
+    `timings`, when given, receives prefill/decode seconds and the number of new tokens ("new_tokens").
+    """
     cfg = cfg or GenerationConfig()
+    timings = timings if timings is not None else {}
+    timings["new_tokens"] = 0
     decoder = StreamDecoder(tokenizer, cfg.stop_strings)
     stop_ids = set(cfg.stop_ids)
-    for _, nxt, _ in generate_steps(model, [prompt_ids], cfg):
-        token = int(nxt[0])
-        if token in stop_ids:
-            break
-        piece = decoder.push(token)
-        if piece:
-            yield piece
-        if decoder.stopped:
-            return
+    with contextlib.closing(generate_steps(model, [prompt_ids], cfg, timings)) as steps:
+        for _, nxt, _ in steps:
+            token = int(nxt[0])
+            if token in stop_ids:
+                break
+            timings["new_tokens"] += 1
+            piece = decoder.push(token)
+            if piece:
+                yield piece
+            if decoder.stopped:
+                return
     tail = decoder.flush()
     if tail:
         yield tail

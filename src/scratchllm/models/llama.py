@@ -42,84 +42,32 @@ class SwiGLUFeedForward(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-_LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_context_length": 8192}  # fmt: skip
-
-
 def _llama(name: str, **fields) -> ModelConfig:
     return register(ModelConfig(name=name, arch="llama", **fields))
 
 
-_llama(
-    "llama2-7b",
-    vocab_size=32000,
-    context_length=4096,
-    emb_dim=4096,
-    n_heads=32,
-    n_layers=32,
-    hidden_dim=11008,
-    norm_eps=1e-5,
-    rope_base=10000.0,
-)
-_llama(
-    "llama3-8b",
-    vocab_size=128256,
-    context_length=8192,
-    emb_dim=4096,
-    n_heads=32,
-    n_kv_heads=8,
-    n_layers=32,
-    hidden_dim=14336,
-    rope_base=500000.0,
-)
-_llama(
-    "llama3.1-8b",
-    vocab_size=128256,
-    context_length=131072,
-    emb_dim=4096,
-    n_heads=32,
-    n_kv_heads=8,
-    n_layers=32,
-    hidden_dim=14336,
-    rope_base=500000.0,
-    rope_scaling={**_LLAMA3_ROPE, "factor": 8.0},
-)
-_llama(
-    "llama3.2-1b",
-    vocab_size=128256,
-    context_length=131072,
-    emb_dim=2048,
-    n_heads=32,
-    n_kv_heads=8,
-    n_layers=16,
-    hidden_dim=8192,
-    rope_base=500000.0,
-    tie_embeddings=True,
-    rope_scaling={**_LLAMA3_ROPE, "factor": 32.0},
-)
-_llama(
-    "llama3.2-3b",
-    vocab_size=128256,
-    context_length=131072,
-    emb_dim=3072,
-    n_heads=24,
-    n_kv_heads=8,
-    n_layers=28,
-    hidden_dim=8192,
-    rope_base=500000.0,
-    tie_embeddings=True,
-    rope_scaling={**_LLAMA3_ROPE, "factor": 32.0},
-)
-_llama(
-    "llama-demo",
-    vocab_size=8192,
-    context_length=256,
-    emb_dim=256,
-    n_heads=8,
-    n_kv_heads=2,
-    n_layers=6,
-    hidden_dim=688,
-    tie_embeddings=True,
-)
+# Llama 3 models share the 128k tiktoken vocabulary, 8 key/value heads and RoPE base 500,000; 3.1 and 3.2
+# stretch the 8k pretraining context to 128k by RoPE frequency scaling (factor 8 for 8B, 32 for 1B/3B).
+_LLAMA3 = {"vocab_size": 128256, "n_kv_heads": 8, "rope_base": 500000.0}
+_LONG = {"context_length": 131072}
+
+
+def _scaling(factor: float) -> dict:
+    return {"rope_scaling": {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_context_length": 8192}}  # fmt: skip
+
+
+# fmt: off
+_llama("llama2-7b", vocab_size=32000, context_length=4096, emb_dim=4096, n_heads=32, n_layers=32, hidden_dim=11008)
+_llama("llama3-8b", **_LLAMA3, context_length=8192, emb_dim=4096, n_heads=32, n_layers=32, hidden_dim=14336)
+_llama("llama3.1-8b", **_LLAMA3, **_LONG, **_scaling(8.0), emb_dim=4096, n_heads=32, n_layers=32, hidden_dim=14336)
+_llama("llama3.2-1b", **_LLAMA3, **_LONG, **_scaling(32.0), emb_dim=2048, n_heads=32, n_layers=16, hidden_dim=8192,
+       tie_embeddings=True)
+_llama("llama3.2-3b", **_LLAMA3, **_LONG, **_scaling(32.0), emb_dim=3072, n_heads=24, n_layers=28, hidden_dim=8192,
+       tie_embeddings=True)
+# Small models that train on a 2-core CPU; llama-tiny is for tests.
+_llama("llama-demo", vocab_size=8192, context_length=256, emb_dim=256, n_heads=8, n_kv_heads=2, n_layers=6,
+       hidden_dim=688, tie_embeddings=True)
 _llama("llama-tiny", vocab_size=512, context_length=64, emb_dim=64, n_heads=4, n_kv_heads=2, n_layers=2,
-       hidden_dim=176)  # fmt: skip
+       hidden_dim=176)
+# fmt: on

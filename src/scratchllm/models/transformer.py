@@ -61,14 +61,20 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
         if config.uses_rope:
-            cos, sin = rope_cache(config.head_dim, config.context_length, config.rope_base, config.rope_scaling)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+            self.init_rope()
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two residual branches, so shrink their outputs.
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "ff.fc2.weight", "ff.down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE cos/sin tables: needed again after building the model on the meta device."""
+        c = self.config
+        cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
+        self.rope_cos, self.rope_sin = cos.to(self.tok_emb.weight.device), sin.to(self.tok_emb.weight.device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
