@@ -34,9 +34,10 @@ def test_saved_folder_roundtrip(model_dir):
     assert model.out_head.weight is model.tok_emb.weight
 
 
-def test_generate_cli_greedy_matches_library(model_dir, gpt2_tokenizer, capsys):
+@pytest.mark.parametrize("compile", [[], ["--compile"]])
+def test_generate_cli_greedy_matches_library(model_dir, gpt2_tokenizer, capsys, compile):
     args = ["generate", "--checkpoint", str(model_dir), "--prompt", "Every effort moves you", "--max-new-tokens",
-            "12", "--dtype", "fp32", "--stats"]  # fmt: skip
+            "12", "--dtype", "fp32", "--stats", *compile]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr()
     model = load_model_folder(model_dir)

@@ -174,3 +174,35 @@ def test_int8_weight_only_quantisation():
     assert cos > 0.999
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
     assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny"])
+def test_compiled_decode_equals_eager(name):
+    from torch._dynamo.utils import counters
+
+    from scratchllm.generation.compiled import GemvLinear, compile_decode
+
+    torch.manual_seed(0)
+    eager = build_model(name).eval()
+    model = build_model(name).eval()
+    model.load_state_dict(eager.state_dict())
+    compile_decode(model)
+    assert isinstance(model.blocks[0].attn.qkv, GemvLinear) and isinstance(model.out_head, GemvLinear)
+    assert model.out_head.weight is model.tok_emb.weight or not model.config.tie_embeddings
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (3, 11, 6)]
+    cfg = GenerationConfig(max_new_tokens=12)
+    with torch.no_grad():
+        # A left-padded batch (key mask, per-row positions), then single prompts with other cache sizes.
+        assert generate(model, prompts, cfg).tokens == generate(eager, prompts, cfg).tokens
+        graphs = counters["stats"]["unique_graphs"]
+        for p, n in zip(prompts, (5, 30, 17)):
+            cfg = GenerationConfig(max_new_tokens=n)
+            assert generate(model, [p], cfg).tokens == generate(eager, [p], cfg).tokens
+        model.setup_cache(1, 64)
+        eager.setup_cache(1, 64)
+        model(torch.tensor([prompts[1]]), start=0)
+        eager(torch.tensor([prompts[1]]), start=0)
+        step = torch.tensor([[7]])
+        torch.testing.assert_close(model.compiled_decode(step, start=11), eager(step, start=11), atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # one more shape family: batch 1, no mask

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     model = loaded.model
     device = str(model.tok_emb.weight.device)
-    prepare_for_inference(model, args.quantize)
+    prepare_for_inference(model, args.quantize, args.compile)
     context = model.config.context_length
     if max(lengths) + args.new_tokens > context:
         raise ScratchLLMError(
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     bandwidth = memory_bandwidth() if device == "cpu" else None
     dtype = str(model.tok_emb.weight.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
+    dtype += "+compiled" if args.compile else ""
     print(
         f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
         f"weights {weight_bytes / 2**20:.0f} MiB"

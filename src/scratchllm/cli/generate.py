@@ -27,6 +27,11 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
         choices=["int8"],
         help="int8 weight-only quantisation (about 1.8x faster bf16 decoding on CPU)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the one-token decode step with torch.compile (~20 s once; ~1.5-1.8x faster decoding on CPU)",
+    )
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0) -> None:
@@ -47,20 +52,25 @@ def load_for_generation(args):
     from scratchllm.tokenizers.formats import load_tokenizer
 
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
-    prepare_for_inference(loaded.model, args.quantize)
+    prepare_for_inference(loaded.model, args.quantize, args.compile)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")
     return loaded.model, tokenizer
 
 
-def prepare_for_inference(model, quantize: str | None) -> None:
-    """Int8 weights when asked; otherwise the CPU-friendly weight layout for one-token decoding."""
+def prepare_for_inference(model, quantize: str | None, compile: bool = False) -> None:
+    """Int8 weights and/or a compiled decode step when asked; else the eager CPU-friendly weight layout."""
     if quantize == "int8":
         from scratchllm.generation.quantize import quantize_int8
 
         quantize_int8(model)
-    elif model.tok_emb.weight.device.type == "cpu":
+    if compile:
+        from scratchllm.generation.compiled import compile_decode
+
+        print("--compile: the decode step compiles on first use (once per process, ~10-30 s)", file=sys.stderr)
+        compile_decode(model)
+    elif quantize is None and model.tok_emb.weight.device.type == "cpu":
         model.use_decode_layout()
 
 

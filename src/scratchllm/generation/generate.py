@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.generation.compiled import cache_length
 from scratchllm.generation.sampling import SamplingConfig, sample_next
 
 
@@ -135,10 +136,11 @@ def generate_steps(model, prompts: list[list[int]], cfg: GenerationConfig, timin
     timings = timings if timings is not None else {}
     rows = [list(p) for p in prompts]
     batch = _Batch(rows, device)
-    cache_len = min(context, batch.width + cfg.max_new_tokens)
+    cache_len = cache_length(model, batch.width + cfg.max_new_tokens)
     stop_ids = torch.tensor(list(cfg.stop_ids) or [-1], device=device)
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
     model.eval()
+    decode = getattr(model, "compiled_decode", None) or model  # see generation.compiled
     start = time.perf_counter()
     logits = _prefill(model, batch, cache_len, cfg.prefill_chunk)
     seq = batch.ids
@@ -166,7 +168,7 @@ def generate_steps(model, prompts: list[list[int]], cfg: GenerationConfig, timin
                 seq, slot = batch.ids, batch.width
                 continue
             key_mask = batch.key_mask(cache_len)
-            logits = model(nxt, start=slot, positions=batch.positions(slot, 1), key_mask=key_mask)[:, -1]
+            logits = decode(nxt, start=slot, positions=batch.positions(slot, 1), key_mask=key_mask)[:, -1]
             slot += 1
     finally:
         timings["decode_seconds"] = time.perf_counter() - start

@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
             k, v = self.kv_cache.update(start, k, v)
         # Causal without a mask tensor when queries and keys cover the same positions; one new token
         # after a cache sees every key in view, which needs no mask either.
-        is_causal = mask is None and k.shape[2] == T and T > 1
+        is_causal = bool(mask is None and T > 1 and k.shape[2] == T)  # bool(): a plain flag under torch.compile
         if mask is None and not is_causal and T > 1:
             mask = causal_mask(T, k.shape[2], k.shape[2] - T, x.device)
         groups = self.n_heads // self.n_kv_heads

@@ -118,14 +118,14 @@ class Transformer(nn.Module):
         """
         batch, T = idx.shape
         offset = start or 0
-        if positions is None:
-            positions = torch.arange(offset, offset + T, device=idx.device)
-        if int(positions.max()) >= self.config.context_length:
+        # The last position from plain integers when possible: reading a tensor back would split a compiled graph.
+        last = offset + T - 1 if positions is None else int(positions.max())
+        if last >= self.config.context_length:
             from scratchllm.errors import ScratchLLMError
 
-            raise ScratchLLMError(
-                f"position {int(positions.max())} is beyond the model's context length {self.config.context_length}"
-            )
+            raise ScratchLLMError(f"position {last} is beyond the model's context length {self.config.context_length}")
+        if positions is None:
+            positions = torch.arange(offset, offset + T, device=idx.device)
         x = self._embed_tokens(idx)
         rope = None
         if self.pos_emb is not None:
