@@ -15,9 +15,9 @@ Decisions:
   accumulates in fp32, also for bf16 weights. On GPUs the plain forward is compiled (cuBLAS is fast there).
 - Weights must be stored (out, in) row-major for the reduction to read them contiguously, so this undoes
   `Transformer.use_decode_layout()`, the eager path's layout trick.
-- The cache slot `start` changes every step: the first two steps compile (the second generalises it to a
-  symbolic integer), then every later step, generation call and prompt length reuses the same code.
-  inductor keeps compiled kernels in its on-disk cache, so later processes start faster.
+- The cache slot `start` changes every step, so it is compiled as a symbolic integer; the cache itself has
+  one size per model (`cache_length`). One compile then serves every step, prompt length and generation
+  call of a batch size. inductor keeps compiled kernels in its on-disk cache: later processes start faster.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+COMPILED_CACHE_SLOTS = 8192
 
 
 class GemvLinear(nn.Linear):
@@ -64,13 +66,14 @@ def compile_decode(model: nn.Module) -> Callable:
 
 
 def cache_length(model: nn.Module, needed: int) -> int:
-    """KV cache slots for `needed` positions: exact in eager mode, a power of two (>= 256) when compiled.
+    """KV cache slots for `needed` positions: exactly that in eager mode, one fixed size when compiled.
 
-    A compiled step is specialised to its cache buffers' size; sizes from a few buckets mean compiling a few
-    times per model instead of once per generation call. Attention reads only the filled slots, so the spare
-    ones cost memory, not time.
+    A compiled step is specialised to its cache buffers' size (marking module buffers dynamic would make the
+    weights' shapes symbolic too, and the products several times slower), so the compiled path always
+    allocates the whole context, as gpt-fast does, capped at `COMPILED_CACHE_SLOTS` for long-context models
+    unless a call needs more. Attention reads only the filled slots: the spare ones cost memory, not time.
     """
     context = model.config.context_length
     if getattr(model, "compiled_decode", None) is None:
         return min(context, needed)
-    return min(context, max(256, 1 << (needed - 1).bit_length()))
+    return context if needed > COMPILED_CACHE_SLOTS else min(context, COMPILED_CACHE_SLOTS)
