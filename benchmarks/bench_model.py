@@ -3,7 +3,8 @@
 One forward + backward + AdamW step (fused AdamW for every implementation, so the optimizer is not what
 differs), batch 2 x 256, dropout 0, 2 threads, fp32 and bf16 autocast, the same random weights everywhere.
 Each (implementation, dtype) runs in its own subprocess so its peak memory (max RSS) is its own; rounds
-alternate the order and the best of them is kept. Prints tokens/s, ratios, MFU against a matmul peak
+alternate the order and the best of them is kept. `--tune-allocator` applies `scratchllm.allocator`'s
+malloc setting (which `pretrain` uses on CPU) to every implementation alike. Prints tokens/s, ratios, MFU against a matmul peak
 measured in the same run, and where our step's time goes.
 
     .venv/bin/python benchmarks/bench_model.py                   # gpt2-small and llama-demo
@@ -47,8 +48,12 @@ def build(impl: str, model_name: str):
     return hf, lambda x, y: cross_entropy(hf(x).logits, y)
 
 
-def worker(impl: str, model_name: str, dtype: str, steps: int, batch: int, seq: int, profile: bool) -> dict:
+def worker(impl: str, model_name: str, dtype: str, steps: int, batch: int, seq: int, profile: bool, tune: bool) -> dict:
     torch.set_num_threads(2)
+    if tune:
+        from scratchllm.allocator import keep_freed_memory
+
+        keep_freed_memory()
     model, loss_fn = build(impl, model_name)
     model.train()
     from scratchllm.models import get_config
@@ -109,6 +114,8 @@ def run_worker(impl, model_name, dtype, args, profile=False) -> dict:
            "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]  # fmt: skip
     if profile:
         cmd.append("--profile")
+    if args.tune_allocator:
+        cmd.append("--tune-allocator")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -123,9 +130,16 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--tune-allocator",
+        action="store_true",
+        help="apply scratchllm.allocator.keep_freed_memory() in every implementation's process (as pretrain does)",
+    )
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.models, args.dtypes, args.steps, args.batch, args.seq, args.profile)))
+        result = worker(args.worker, args.models, args.dtypes, args.steps, args.batch, args.seq, args.profile,
+                        args.tune_allocator)  # fmt: skip
+        print(json.dumps(result))
         return
 
     from scratchllm.models import get_config
@@ -138,7 +152,9 @@ def main() -> None:
         f"matmul peak (2 threads, 2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
     )
-    print(f"step = forward + backward + fused AdamW, batch {args.batch} x {args.seq}, best of {args.rounds} rounds\n")
+    allocator = "keep_freed_memory() in every process" if args.tune_allocator else "glibc default"
+    print(f"step = forward + backward + fused AdamW, batch {args.batch} x {args.seq}, best of {args.rounds} rounds, "
+          f"allocator: {allocator}\n")  # fmt: skip
     for model_name in args.models.split(","):
         config = get_config(model_name)
         flops_per_token = model_stats(config, args.seq).train_flops_per_token

@@ -213,6 +213,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
         train_model = torch.compile(train_model)
     amp = _autocast_dtype(cfg, device)
     device_type = torch.device(device).type
+    if device_type == "cpu":
+        from scratchllm.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every step reallocates the same large tensors: reuse their pages
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
