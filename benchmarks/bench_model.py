@@ -4,8 +4,8 @@ One forward + backward + AdamW step (fused AdamW for every implementation, so th
 differs), batch 2 x 256, dropout 0, 2 threads, fp32 and bf16 autocast, the same random weights everywhere.
 Each (implementation, dtype) runs in its own subprocess so its peak memory (max RSS) is its own; rounds
 alternate the order and the best of them is kept. `--tune-allocator` applies `scratchllm.allocator`'s
-malloc setting (which `pretrain` uses on CPU) to every implementation alike. Prints tokens/s, ratios, MFU against a matmul peak
-measured in the same run, and where our step's time goes.
+malloc setting (which `pretrain` uses on CPU) to every implementation alike. Prints tokens/s, ratios, MFU
+against a matmul peak measured in the same run, and where our step's time goes.
 
     .venv/bin/python benchmarks/bench_model.py                   # gpt2-small and llama-demo
     .venv/bin/python benchmarks/bench_model.py --models gpt-demo --steps 5
