@@ -85,12 +85,15 @@ def run(args: argparse.Namespace) -> int:
         f"{'prefill tok/s':>13s} {'peak MiB':>8s} {'bw util':>7s}"
     )
     g = torch.Generator().manual_seed(0)
-    generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))  # warm-up
     rows = []
     with torch.inference_mode():
+        warmed: set[int] = set()
         for length in lengths:
             for batch in batches:
                 prompts = torch.randint(0, model.config.vocab_size, (batch, length), generator=g).tolist()
+                if batch not in warmed:  # warm-up per batch size (with --compile, each compiles once)
+                    generate(model, prompts, GenerationConfig(max_new_tokens=2))
+                    warmed.add(batch)
                 r = generate(model, prompts, GenerationConfig(max_new_tokens=args.new_tokens))
                 tpot = r.decode_seconds / max(r.decode_steps, 1)
                 util = (weight_bytes / tpot) / bandwidth if bandwidth and r.decode_steps else None

@@ -10,9 +10,13 @@ with gpt2-small: 30 -> 53 tokens/s in fp32 and 47 -> 66 in bf16 (see docs/benchm
 Decisions:
 - Only the decode step is compiled. Prefill is a compute-bound matrix product, which BLAS already runs near
   peak, and its length varies from call to call.
-- The reduction form is used only for one-token inputs inside the compiled graph (`GemvLinear`); eager calls
-  and prefill keep `F.linear`, so a model prepared for compiled decoding still works everywhere else. It
-  accumulates in fp32, also for bf16 weights. On GPUs the plain forward is compiled (cuBLAS is fast there).
+- The reduction form is used only for a single row (batch 1, one token) inside the compiled graph
+  (`GemvLinear`): with several rows the generated loop would read the weights once per row, where BLAS
+  reads them once. Eager calls, prefill and batched decoding keep `F.linear`, so a model prepared for
+  compiled decoding works everywhere. It accumulates in fp32, also for bf16 weights. On GPUs the plain
+  forward is compiled (cuBLAS is fast there). Batched decoding gains less or nothing: measured with
+  gpt2-small fp32 (`bench`), batch 2 ran at 27 tokens/s compiled vs 35 eager (inside the compiled graph
+  the products use the (out, in) layout that MKL handles slowly), batch 4 at 58 vs 45.
 - Weights must be stored (out, in) row-major for the reduction to read them contiguously, so this undoes
   `Transformer.use_decode_layout()`, the eager path's layout trick.
 - The cache slot `start` changes every step, so it is compiled as a symbolic integer; the cache itself has
@@ -35,8 +39,8 @@ class GemvLinear(nn.Linear):
     """nn.Linear whose one-token product, when compiled, is an explicit multiply-and-sum (see module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] != 1 or not torch.compiler.is_compiling():
-            return F.linear(x, self.weight, self.bias)
+        if x.shape[:-1].numel() != 1 or not torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)  # several rows: a BLAS matrix product reads W once
         y = (x.unsqueeze(-2).float() * self.weight.float()).sum(-1)
         if self.bias is not None:
             y = y + self.bias.float()

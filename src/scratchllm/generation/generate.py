@@ -123,6 +123,7 @@ def _check_prompts(prompts: list[list[int]], context: int, cfg: GenerationConfig
     return out
 
 
+@torch.no_grad()  # also when the caller forgot: generation never needs a graph (and compiled decode can't take one)
 def generate_steps(model, prompts: list[list[int]], cfg: GenerationConfig, timings: dict | None = None) -> Iterator:
     """Yield (step, next_tokens (batch,), finished mask) after each new token; the engine of `generate`.
 
