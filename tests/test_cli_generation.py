@@ -100,3 +100,12 @@ def test_bench_cli_json(capsys):
     assert len(summary["results"]) == 4
     for row in summary["results"]:
         assert row["decode_tokens_per_s"] > 0 and row["ttft_ms"] > 0 and 0 < row["bandwidth_utilisation"]
+
+
+def test_bench_cli_compile(capsys):
+    assert main(["bench", "--checkpoint", "gpt-tiny", "--prompt-lengths", "8", "--batch-sizes", "1",
+                 "--new-tokens", "6", "--dtype", "fp32", "--compile"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["dtype"] == "float32+compiled" and summary["results"][0]["decode_tokens_per_s"] > 0
+    assert "--compile" in out.err
