@@ -30,7 +30,7 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the one-token decode step with torch.compile (~20 s once; ~1.5-1.8x faster decoding on CPU)",
+        help="compile the one-token decode step with torch.compile (up to 30 s once; 1.3-1.9x faster on CPU)",
     )
 
 
@@ -68,7 +68,7 @@ def prepare_for_inference(model, quantize: str | None, compile: bool = False) ->
     if compile:
         from scratchllm.generation.compiled import compile_decode
 
-        print("--compile: the decode step compiles on first use (once per process, ~10-30 s)", file=sys.stderr)
+        print("--compile: the decode step compiles on first use (once per process, up to 30 s)", file=sys.stderr)
         compile_decode(model)
     elif quantize is None and model.tok_emb.weight.device.type == "cpu":
         model.use_decode_layout()

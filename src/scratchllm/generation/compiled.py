@@ -5,7 +5,8 @@ torch's eager CPU kernels for them (MKL for fp32, oneDNN for bf16) stream weight
 2-core development machine, which reads memory at ~34 GB/s. Written as "multiply and sum over the input
 axis", inductor turns each product into one vectorised, multi-threaded C++ reduction over the weight rows
 that streams at 20-26 GB/s, and fuses the norms, GELU/SwiGLU, RoPE and residual adds around it. Measured
-with gpt2-small: 30 -> 53 tokens/s in fp32 and 47 -> 66 in bf16 (see docs/benchmarks.md).
+with gpt2-small at batch 1 (`benchmarks/bench_generate.py`, two runs): 33 -> 47-65 tokens/s in fp32 and
+40-42 -> 52-61 in bf16 (see docs/benchmarks.md).
 
 Decisions:
 - Only the decode step is compiled. Prefill is a compute-bound matrix product, which BLAS already runs near
