@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import Transformer, build_model, get_config, list_presets
-from scratchllm.models.attention import CausalSelfAttention
+from scratchllm.models.attention import CausalSelfAttention, explicit_causal_attention
 from scratchllm.models.book_attention import (
     CausalAttention,
     MultiHeadAttention,
@@ -81,6 +82,24 @@ def test_production_attention_equals_book_mha():
         book.out_proj.load_state_dict(ours.proj.state_dict())
     x = torch.randn(3, 16, 32)
     assert torch.allclose(ours(x), book(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])  # multi-head, grouped-query, multi-query
+def test_explicit_attention_equals_sdpa_with_gradients(n_kv_heads):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 24, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, n_kv_heads, 24, 16, generator=g, requires_grad=True) for _ in range(2))
+    upstream = torch.randn(2, 4, 24, 16, generator=g)
+    results = []
+    for attend in (
+        explicit_causal_attention,
+        lambda *a: F.scaled_dot_product_attention(*a, is_causal=True, enable_gqa=True),
+    ):
+        out = attend(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), upstream)
+        results.append((out, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_layernorm_and_gelu_match_book_formulas():

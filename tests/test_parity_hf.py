@@ -7,6 +7,7 @@ import torch
 
 from scratchllm.checkpoints.hf import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
 from scratchllm.models import Transformer
+from scratchllm.training.loss import cross_entropy, lm_loss
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,6 +56,22 @@ def _assert_logits_match(hf_model, ours, vocab, context):
             got = ours(idx)
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() <= 1e-4
+    _assert_training_grads_match(hf_model, ours, idx)
+
+
+def _assert_training_grads_match(hf_model, ours, idx):
+    """The training path (fused head + loss, CPU explicit attention) gives HF's loss and parameter gradients."""
+    inputs, targets = idx[:, :-1], idx[:, 1:]
+    hf_loss = cross_entropy(hf_model(inputs).logits, targets)
+    hf_loss.backward()
+    loss = lm_loss(ours, inputs, targets)
+    loss.backward()
+    assert abs(loss.item() - hf_loss.item()) <= 1e-5
+    grads = state_dict_to_hf({n: p.grad for n, p in ours.named_parameters()}, ours.config)
+    hf_grads = dict(hf_model.named_parameters())
+    for name, grad in grads.items():
+        expected = hf_grads[name].grad
+        assert (grad - expected).abs().max().item() <= 1e-5 + 1e-4 * expected.abs().max().item(), name
 
 
 @pytest.mark.parametrize("case", list(GPT2_CASES))

@@ -10,7 +10,11 @@ Decisions (the readable step-by-step versions are in `book_attention.py`, and te
   multi-token product repeats them, for that product alone.
 - `F.scaled_dot_product_attention` does scale, mask, softmax, dropout and the weighted sum in one fused
   kernel (flash/memory-efficient where available), with `is_causal=True` for training so no mask tensor is
-  built at all.
+  built at all. One exception, measured with torch 2.13 on a 2-core CPU: when gradients are needed for
+  short sequences, the CPU flash kernel's backward is 1.2-3x slower than autograd through three plain
+  batched products (scores, softmax, weighted sum), so `explicit_causal_attention` is used there; its
+  (T x T) score matrices stay small under `EXPLICIT_ATTENTION_MAX_SCORES`. Forward-only, flash is as fast
+  or faster, and on GPUs the fused kernels win, so everything else goes through SDPA.
 - The KV cache is preallocated to its maximum length and written in place at the given slot (as in
   gpt-fast), so decoding never re-concatenates tensors; attention reads the filled prefix only.
 """
@@ -23,6 +27,11 @@ from torch import nn
 
 from scratchllm.models.config import ModelConfig
 from scratchllm.models.rope import apply_rope
+
+# Scores (batch x heads x T x T) per layer up to which CPU training uses explicit attention: 8M elements
+# keep the saved softmax at <= 16 MB per layer in bf16; GPT-2 small at 2 x 256 tokens needs 1.5M.
+EXPLICIT_ATTENTION_MAX_LEN = 512
+EXPLICIT_ATTENTION_MAX_SCORES = 1 << 23
 
 
 class KVCache(nn.Module):
@@ -104,11 +113,42 @@ class CausalSelfAttention(nn.Module):
             # Each key/value head repeated for its group of query heads (a copy, for this product only).
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif is_causal and _explicit_pays_off(q):
+            y = explicit_causal_attention(q, k, v, dropout)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=groups > 1
             )
         return self.proj(y.transpose(1, 2).reshape(batch, T, q_dim))
+
+
+def _explicit_pays_off(q: torch.Tensor) -> bool:
+    batch, heads, T, _ = q.shape
+    return (
+        q.device.type == "cpu"
+        and q.requires_grad
+        and T <= EXPLICIT_ATTENTION_MAX_LEN
+        and batch * heads * T * T <= EXPLICIT_ATTENTION_MAX_SCORES
+    )
+
+
+def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention as scores -> softmax -> weighted sum, for q (batch, heads, T, d), k/v (batch, kv_heads, T, d).
+
+    With grouped-query attention each key/value head's group of query heads is folded into its query axis
+    (groups * T rows), so keys and values are never repeated. The causal mask is an additive -inf bias
+    applied by the scores' product itself (`baddbmm`).
+    """
+    batch, n_heads, T, head_dim = q.shape
+    n_kv = k.shape[1]
+    groups = n_heads // n_kv
+    q = q.reshape(batch * n_kv, groups * T, head_dim)
+    k, v = k.reshape(batch * n_kv, T, head_dim), v.reshape(batch * n_kv, T, head_dim)
+    future = ~causal_mask(T, T, 0, q.device)
+    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(future, float("-inf"))
+    scores = torch.baddbmm(bias.repeat(groups, 1), q, k.transpose(1, 2), alpha=head_dim**-0.5)
+    weights = F.dropout(torch.softmax(scores, dim=-1), dropout) if dropout > 0 else torch.softmax(scores, dim=-1)
+    return torch.bmm(weights, v).view(batch, n_heads, T, head_dim)
 
 
 def causal_mask(n_queries: int, n_keys: int, offset: int, device=None) -> torch.Tensor:
