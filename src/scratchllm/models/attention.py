@@ -5,9 +5,9 @@ Decisions (the readable step-by-step versions are in `book_attention.py`, and te
   attention the split is uneven: n_heads query heads, n_kv_heads key and value heads.
 - Grouped-query attention (GQA): several query heads share one key/value head. n_kv_heads = n_heads is
   ordinary multi-head attention, n_kv_heads = 1 is multi-query. Keys/values are never stored repeated,
-  so the KV cache is n_heads/n_kv_heads times smaller; SDPA's `enable_gqa` (training, prefill) or
-  folding a group's queries together (one-token decode) avoids repeating them at all, and only a masked
-  multi-token product repeats them, for that product alone.
+  so the KV cache is n_heads/n_kv_heads times smaller; SDPA's `enable_gqa` (training, prefill) or folding
+  a group's queries together (one-token decode, explicit attention) avoids repeating them at all, and only
+  a masked multi-token product repeats them, for that product alone.
 - `F.scaled_dot_product_attention` does scale, mask, softmax, dropout and the weighted sum in one fused
   kernel (flash/memory-efficient where available), with `is_causal=True` for training so no mask tensor is
   built at all. One exception, measured with torch 2.13 on a 2-core CPU: when gradients are needed for
