@@ -102,6 +102,39 @@ def test_explicit_attention_equals_sdpa_with_gradients(n_kv_heads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_explicit_attention_in_bf16_is_as_accurate_as_sdpa():
+    """Scores and softmax stay float32 inside: the error against float64 is SDPA's, not twice it."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 128, 64, generator=g) for _ in range(3))
+    q = q * 2  # scores with a spread like a trained model's, where rounding them would show
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    low = [t.bfloat16() for t in (q, k, v)]
+    errors = [
+        ((out.double() - exact) ** 2).mean().sqrt().item()
+        for out in (explicit_causal_attention(*low), F.scaled_dot_product_attention(*low, is_causal=True))
+    ]
+    assert errors[0] <= 1.2 * errors[1], errors
+
+
+def test_bf16_training_attention_path_matches_sdpa(monkeypatch):
+    """CPU bf16 training takes the explicit path; its output and gradients equal SDPA's to bf16 precision."""
+    from scratchllm.models import attention
+
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(ModelConfig(emb_dim=64, n_heads=8, n_kv_heads=2, n_layers=1, context_length=64))
+    x = torch.randn(2, 48, 64)
+    results = []
+    for max_len in (attention.EXPLICIT_ATTENTION_MAX_LEN, 0):  # explicit, then SDPA
+        monkeypatch.setattr(attention, "EXPLICIT_ATTENTION_MAX_LEN", max_len)
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().square().mean().backward()
+        results.append((out.float(), layer.qkv.weight.grad.clone(), layer.proj.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.02 * b.abs().max().item())
+
+
 def test_layernorm_and_gelu_match_book_formulas():
     x = torch.randn(4, 10, 32) * 3
     book_ln, ours = BookLayerNorm(32), LayerNorm(32)

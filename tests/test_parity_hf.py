@@ -60,7 +60,7 @@ def _assert_logits_match(hf_model, ours, vocab, context):
 
 
 def _assert_training_grads_match(hf_model, ours, idx):
-    """The training path (fused head + loss, CPU explicit attention) gives HF's loss and parameter gradients."""
+    """The training path (fused head + loss, gradients through attention) gives HF's loss and parameter gradients."""
     inputs, targets = idx[:, :-1], idx[:, 1:]
     hf_loss = cross_entropy(hf_model(inputs).logits, targets)
     hf_loss.backward()
