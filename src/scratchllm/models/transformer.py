@@ -148,8 +148,14 @@ class Transformer(nn.Module):
         # With a tied head, the weight's gradient is already a dense (vocab, d) matrix from the head's
         # product; a sparse embedding gradient is then added into the rows in use only, instead of
         # materialising and adding a second dense (vocab, d) gradient (~0.3 s per step for GPT-2 on CPU).
+        # torch.compile cannot trace sparse tensors, so a compiled step keeps the dense gradient.
         weight = self.tok_emb.weight
-        sparse = weight.requires_grad and torch.is_grad_enabled() and getattr(self.out_head, "weight", None) is weight
+        sparse = (
+            weight.requires_grad
+            and torch.is_grad_enabled()
+            and getattr(self.out_head, "weight", None) is weight
+            and not torch.compiler.is_compiling()
+        )
         return F.embedding(idx, weight, sparse=sparse)
 
     # -- KV cache ------------------------------------------------------------------------------------------
