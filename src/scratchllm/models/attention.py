@@ -147,7 +147,7 @@ def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q = q.reshape(batch * n_kv, groups * T, head_dim)
     k, v = k.reshape(batch * n_kv, T, head_dim), v.reshape(batch * n_kv, T, head_dim)
     # Scores and softmax in float32 even for bf16/fp16 inputs, as the fused kernels keep them: rounding the
-    # scores to bf16 first doubled the output error (measured against float64) for a ~10% speed gain.
+    # scores to bf16 first raised the output error 1.6x (measured against float64) for a ~10% speed gain.
     future = ~causal_mask(T, T, 0, q.device)
     bias = torch.zeros(T, T, device=q.device).masked_fill_(future, float("-inf")).repeat(groups, 1)
     with torch.autocast(q.device.type, enabled=False):
