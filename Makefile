@@ -33,8 +33,11 @@ test: $(VENV)/.test
 test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -m "slow or not slow"
 
+# Every benchmark, each against its reference in the same run (about 15-25 minutes on 2 cores).
 bench: $(VENV)/.test
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_tokenizer.py
+	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -21,18 +21,23 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--uncached-tokens", type=int, default=None, help="tokens for the slow uncached loop (default: all)")
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", default=None, help="comma-separated (default: fp32, plus bf16 where it is native)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile decode measurement")
     args = p.parse_args()
     args.uncached_tokens = args.uncached_tokens or args.new_tokens
     torch.set_num_threads(2)
+    from scratchllm.hardware import cpu_description, cpu_has_bf16, memory_bandwidth
+
+    print(f"CPU: {cpu_description()}", flush=True)
+    dtypes = (args.dtypes or ("fp32,bf16" if cpu_has_bf16() else "fp32")).split(",")
+    if "bf16" in dtypes and not cpu_has_bf16():
+        print("note: bf16 is emulated on this CPU: its figures show the emulation, not the code", flush=True)
 
     import transformers
 
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
     from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
     from scratchllm.models import build_model
-    from scratchllm.training.mfu import memory_bandwidth
 
     bandwidth = memory_bandwidth()
     print(
@@ -43,7 +48,7 @@ def main() -> None:
     base = build_model(args.model).eval()
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     hf_config = transformers.AutoConfig.for_model(**config_to_hf(base.config))
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
         ours.load_state_dict(base.state_dict())

@@ -23,6 +23,7 @@ import time
 import torch
 
 IMPLS = ("ours", "hf", "book")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(impl: str, model_name: str):
@@ -124,7 +125,7 @@ def run_worker(impl, model_name, dtype, args, profile=False) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="gpt2-small,llama-demo")
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", default=None, help="comma-separated (default: fp32, plus bf16 where it is native)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=2)
@@ -143,19 +144,18 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from scratchllm.hardware import cpu_description, cpu_has_bf16, measure_matmul_peak
     from scratchllm.models import get_config
     from scratchllm.models.stats import model_stats
-    from scratchllm.training.mfu import matmul_peak
 
     torch.set_num_threads(2)
+    print(f"CPU: {cpu_description()}", flush=True)
+    dtypes = (args.dtypes or ("fp32,bf16" if cpu_has_bf16() else "fp32")).split(",")
     # Best of three measurements: on a shared machine a single one can read low and push MFU past 100%.
-    peaks = {
-        name: max(matmul_peak(dt) for _ in range(3)) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
-    print(
-        f"matmul peak (2 threads, 2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
-    )
+    peaks = {d: max(measure_matmul_peak(DTYPES[d]) for _ in range(3)) for d in dtypes}
+    print("matmul peak (2 threads): " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
+    if "bf16" in dtypes and not cpu_has_bf16():
+        print(f"note: bf16 is emulated on this CPU ({peaks['bf16'] / 1e9:.1f} GFLOP/s): bf16 steps take minutes")
     allocator = "keep_freed_memory() in every process" if args.tune_allocator else "glibc default"
     print(f"step = forward + backward + fused AdamW, batch {args.batch} x {args.seq}, best of {args.rounds} rounds, "
           f"allocator: {allocator}\n")  # fmt: skip
@@ -165,13 +165,15 @@ def main() -> None:
         impls = [i for i in IMPLS if i != "book" or config.arch == "gpt2"]
         print(f"== {model_name} ({model_stats(config).params / 1e6:.1f} M parameters) ==")
         print(f"{'impl':8s} {'dtype':5s} {'tokens/s':>9s} {'MFU':>6s} {'peak MB':>8s}   ratio ours/this")
-        for dtype in args.dtypes.split(","):
+        for dtype in dtypes:
             best: dict[str, dict] = {}
             for r in range(args.rounds):
                 for impl in impls if r % 2 == 0 else impls[::-1]:
                     res = run_worker(impl, model_name, dtype, args)
                     if impl not in best or res["tokens_per_s"] > best[impl]["tokens_per_s"]:
                         best[impl] = res
+            # A step faster than the measured peak proves the peak read low: raise it (MFU <= 100%).
+            peaks[dtype] = max([peaks[dtype]] + [b["tokens_per_s"] * flops_per_token for b in best.values()])
             for impl in impls:
                 tps = best[impl]["tokens_per_s"]
                 mfu = tps * flops_per_token / peaks[dtype]

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from scratchllm.data.corpus import default_corpus_files, read_text
 from scratchllm.tokenizers.bpe import GPT4_PATTERN, PATTERNS
-from scratchllm.tokenizers.formats import from_openai_files
+from scratchllm.tokenizers.formats import load_tokenizer
 from scratchllm.tokenizers.train import count_pretokens, train_bpe
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def bench_training(texts: list[str], vocab_size: int) -> None:
@@ -59,7 +56,7 @@ def bench_training(texts: list[str], vocab_size: int) -> None:
 def bench_encode(texts: list[str], repeats: int) -> None:
     import tiktoken
 
-    gpt2 = from_openai_files(SHARED / "gpt2-bpe" / "encoder.json", SHARED / "gpt2-bpe" / "vocab.bpe")
+    gpt2 = load_tokenizer("gpt2")  # shipped with the package
     ref = tiktoken.Encoding(
         "gpt2-ref",
         pat_str=PATTERNS["gpt2"],
@@ -101,6 +98,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from scratchllm.hardware import cpu_description
+
+    print(f"CPU: {cpu_description()}", flush=True)
     texts = [read_text(f) for f in default_corpus_files()]
     bench_training(texts, args.vocab_size)
     bench_encode(texts, args.repeats)

@@ -21,11 +21,14 @@ def test_param_count_matches_instantiated_model(preset, overrides):
     stats = model_stats(config)
     assert stats.params == model.num_parameters()
     assert stats.params_untied == model.num_parameters(count_tied_head=True)
+    tied = build_model(config.replace(tie_embeddings=True))
+    assert stats.params_tied == tied.num_parameters()
 
 
 def test_book_figures():
     s = model_stats(get_config("gpt2-124m-book"))
     assert s.params == 163_009_536
+    assert s.params_tied == 124_412_160  # the book's second figure: the head shares the token embedding
     assert round(s.memory_bytes(4) / 2**20, 2) == 621.83
     assert model_stats(get_config("llama3-8b")).params == 8_030_261_248
 
@@ -47,6 +50,7 @@ def test_info_cli(capsys):
     assert main(["info", "gpt2-124m-book"]) == 0
     out = capsys.readouterr().out
     assert "163,009,536" in out and "621.83 MiB" in out
+    assert "tied head      124,412,160" in out and "untied head    163,009,536  <- this model" in out
     assert main(["info"]) == 0
     assert "llama3.2-1b" in capsys.readouterr().out
     assert main(["info", "nonexistent-model"]) == 2

@@ -7,7 +7,7 @@ Accepted, in the order they are tried:
    `pytorch_model.bin` read with `weights_only=True`) of a GPT-2 or Llama model;
 4. Meta's original Llama layout (`params.json` + `consolidated.*.pth` + `tokenizer.model`);
 5. a preset name or a model config file: a randomly initialised model (for benchmarks and smoke tests).
-The dtype is chosen here too: "auto" picks bf16 where the hardware computes it natively, else fp32.
+The dtype is chosen by `hardware.resolve_dtype`: "auto" picks bf16 where the hardware computes it natively.
 """
 
 from __future__ import annotations
@@ -19,32 +19,7 @@ import torch
 
 from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors
 from scratchllm.errors import ScratchLLMError
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
-    if name in (None, "auto"):
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_bf16() else torch.float32
-    if name not in DTYPES:
-        raise ScratchLLMError(f"--dtype {name!r}: expected auto, fp32 or bf16")
-    return DTYPES[name]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from scratchllm.hardware import default_device, resolve_dtype
 
 
 @dataclass

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     weights = {t.data_ptr(): t.numel() * t.element_size() for name, t in model.state_dict().items()
                if name not in ("tok_emb.weight", "pos_emb.weight")}  # fmt: skip
     weight_bytes = sum(weights.values())
-    from scratchllm.training.mfu import memory_bandwidth
+    from scratchllm.hardware import memory_bandwidth
 
     bandwidth = memory_bandwidth() if device == "cpu" else None
     dtype = str(model.tok_emb.weight.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")

@@ -34,11 +34,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model            {config.name} ({config.arch})")
     print(f"layers/heads/d   {config.n_layers} / {config.n_heads} (kv {config.n_kv_heads}) / {config.emb_dim}")
     print(f"context, vocab   {config.context_length:,}, {config.vocab_size:,}")
-    print(
-        f"parameters       {s.params:,}"
-        + (" (output head tied to the token embedding)" if config.tie_embeddings else "")
-    )
-    print(f"  untied head    {s.params_untied:,}")
+    print(f"parameters       {s.params:,}")
+    marks = ("", "  <- this model") if config.tie_embeddings else ("  <- this model", "")
+    print(f"  untied head    {s.params_untied:,}{marks[0]}")
+    print(f"  tied head      {s.params_tied:,}{marks[1]}  (head shares the token embedding, as in GPT-2's weights)")
     print(f"  non-embedding  {s.params - s.embedding_params:,}")
     print(f"memory           fp32 {s.memory_bytes(4) / 2**20:,.2f} MiB, bf16 {s.memory_bytes(2) / 2**20:,.2f} MiB")
     print(f"FLOPs per token  forward {_human(s.forward_flops_per_token, 'FLOP')}, "

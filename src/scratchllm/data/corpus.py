@@ -2,8 +2,9 @@
 
 Design: a corpus is an ordered list of files. With no argument it is the embedded default, the Python
 standard library's own source (about 12 MB of `.py` files, present wherever Python is, so the main job
-runs offline); test suites and `site-packages` are left out. A user corpus is one flag away: a file, a
-folder (every text file below it, hidden entries skipped) or a glob. Files are read as UTF-8; a file that
+runs offline); test suites and `site-packages` are left out. The book's short story ships with the package
+and is named `the-verdict`. A user corpus is one flag away: a file, a folder (every text file below it,
+hidden entries skipped) or a glob; a local path always wins over a name. Files are read as UTF-8; a file that
 is not gets an error naming it and the byte offset, instead of silently training on mojibake.
 """
 
@@ -14,6 +15,7 @@ import os
 import sysconfig
 from pathlib import Path
 
+from scratchllm.assets import NAMED_CORPORA
 from scratchllm.errors import ScratchLLMError
 
 DEFAULT_CORPUS = "python-stdlib"
@@ -39,10 +41,12 @@ def _is_text(path: Path) -> bool:
 
 
 def corpus_files(spec: str | Path | None = None) -> list[Path]:
-    """Resolve a corpus spec (None = default, a file, a folder or a glob) to a sorted list of files."""
+    """Resolve a corpus spec (None = default, a name, a file, a folder or a glob) to a sorted list of files."""
     if spec is None or str(spec) == DEFAULT_CORPUS:
         return default_corpus_files()
     path = Path(spec)
+    if not path.exists() and str(spec) in NAMED_CORPORA:
+        return [NAMED_CORPORA[str(spec)]]
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -56,7 +60,10 @@ def corpus_files(spec: str | Path | None = None) -> list[Path]:
         return files
     matches = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
     if not matches:
-        raise ScratchLLMError(f"--data {spec}: no such file or folder, and the glob matches nothing")
+        raise ScratchLLMError(
+            f"--data {spec}: no such file or folder, the glob matches nothing, and it is not a named corpus "
+            f"({', '.join([DEFAULT_CORPUS, *NAMED_CORPORA])})"
+        )
     return matches
 
 

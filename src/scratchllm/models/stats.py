@@ -18,6 +18,7 @@ from scratchllm.models.config import ModelConfig
 class ModelStats:
     params: int  # unique parameters (a tied head counted once)
     params_untied: int  # counting the output head separately, as the book does
+    params_tied: int  # with the output head sharing the token embedding (GPT-2's own weights)
     embedding_params: int  # token (+ position) embeddings
     matmul_flops_per_token: float  # weight matrix products, forward
     attention_flops_per_token: float  # scores and weighted sum at seq_len, forward
@@ -55,6 +56,7 @@ def model_stats(config: ModelConfig, seq_len: int | None = None) -> ModelStats:
     return ModelStats(
         params=params,
         params_untied=params + (head if config.tie_embeddings else 0),
+        params_tied=params - (0 if config.tie_embeddings else head),
         embedding_params=embedding,
         matmul_flops_per_token=float(matmul_flops),
         attention_flops_per_token=float(attention_flops),

@@ -21,7 +21,6 @@ from scratchllm.files import read_json
 from scratchllm.tokenizers.bpe import END_OF_TEXT, GPT2_PATTERN, BPETokenizer
 
 OUR_FILE = "scratchllm-tokenizer.json"
-GPT2_REPO = "openai-community/gpt2"
 
 
 @lru_cache(maxsize=1)
@@ -151,15 +150,8 @@ def from_tiktoken_file(path: str | Path, name: str | None = None) -> BPETokenize
     return BPETokenizer(ranks, specials, LLAMA3_PATTERN, name or path.parent.name)
 
 
-def gpt2_files(progress: bool = True) -> Path:
-    """GPT-2's `vocab.json` + `merges.txt`, downloaded once into the cache."""
-    from scratchllm.hub import download_repo_files
-
-    return download_repo_files(GPT2_REPO, ["vocab.json", "merges.txt"], progress=progress)
-
-
 def load_tokenizer(spec: str | Path) -> BPETokenizer:
-    """Load a tokenizer from a file, a folder holding one, or the name `gpt2` (downloaded once).
+    """Load a tokenizer from a file, a folder holding one, or the name `gpt2` (shipped with the package).
 
     Folders are searched in order: our own file, HF `tokenizer.json`, `vocab.json`+`merges.txt`,
     `encoder.json`+`vocab.bpe`, tiktoken-format `tokenizer.model`.
@@ -167,7 +159,9 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
     path = Path(spec)
     if not path.exists():
         if str(spec) == "gpt2":
-            return load_tokenizer(gpt2_files())
+            from scratchllm.assets import GPT2_TOKENIZER
+
+            return load_tokenizer(GPT2_TOKENIZER)
         raise ScratchLLMError(f"tokenizer {spec!r}: no such file or folder (or use the name 'gpt2')")
     if path.is_file():
         if path.name.endswith(".model"):

@@ -6,18 +6,20 @@ from pathlib import Path
 
 
 def plot_losses(evals: list[dict], path: str | Path) -> Path | None:
-    """`evals`: records with step, tokens_seen, train_loss, val_loss. Returns None without matplotlib."""
-    try:
-        import matplotlib
+    """`evals`: records with step, tokens_seen, train_loss, val_loss. Returns None without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Draws on a bare `Figure` rather than through pyplot, so the caller's matplotlib backend and open
+    figures (a notebook's, say) are left alone.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     if not evals:
         return None
     steps = [e["step"] for e in evals]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
     ax.plot(steps, [e["train_loss"] for e in evals], label="Training loss")
     ax.plot(steps, [e["val_loss"] for e in evals], linestyle="-.", label="Validation loss")
     ax.set_xlabel("Steps")
@@ -28,5 +30,4 @@ def plot_losses(evals: list[dict], path: str | Path) -> Path | None:
     top.set_xlabel("Tokens seen")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)

@@ -28,6 +28,7 @@ import torch
 from scratchllm.checkpoints.io import save_model
 from scratchllm.data.pipeline import options_from, prepare_data
 from scratchllm.errors import ScratchLLMError
+from scratchllm.hardware import resolve_dtype, utilisation
 from scratchllm.models import Transformer, get_config
 from scratchllm.models.stats import model_stats
 from scratchllm.tokenizers.formats import OUR_FILE
@@ -133,8 +134,6 @@ class _Log:
 
 
 def _autocast_dtype(cfg: PretrainConfig, device: str) -> torch.dtype | None:
-    from scratchllm.checkpoints.load import resolve_dtype
-
     dtype = resolve_dtype(cfg.dtype, device)
     return None if dtype == torch.float32 else dtype
 
@@ -224,9 +223,6 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
         tokenizer.save(run_dir / OUR_FILE)
     log = _Log(run_dir, main)
     stats = model_stats(model_config, seq_len)
-    from scratchllm.training.mfu import matmul_peak
-
-    peak = matmul_peak(amp or torch.float32, device) if main else 1.0
     global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
     tokens_per_step = global_batch * seq_len
     if main:
@@ -305,7 +301,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / elapsed
-                mfu = tps * stats.train_flops_per_token / peak
+                mfu = utilisation(tps * stats.train_flops_per_token, amp or torch.float32, device) if main else 0.0
                 log.write(
                     {
                         "kind": "train",
@@ -337,5 +333,6 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
     if main:
         from scratchllm.training.plot import plot_losses
 
-        plot_losses(result.evals, run_dir / "loss.png")
+        if plot_losses(result.evals, run_dir / "loss.png") is None:
+            print(f"note: {run_dir / 'loss.png'} not written (matplotlib is not installed: pip install matplotlib)")
     return result

@@ -1,0 +1,148 @@
+"""What this machine computes well, measured rather than assumed: the dtype to use, matmul peak, bandwidth.
+
+Decisions:
+- `auto` picks bf16 only where the hardware multiplies bf16 natively (a GPU, or a CPU with AVX512-BF16 or
+  AMX). Elsewhere oneDNN emulates bf16 products roughly 100x slower than fp32, so an explicit bf16 request
+  still works but prints one warning line with the slowdown measured on this machine.
+- The matmul peak that MFU is measured against is timed once per process, at a size that takes about
+  20 ms per product whatever the dtype (a fixed 2048^3 bf16 product takes a minute where bf16 is emulated),
+  best of several timings. It is a floor, not a ceiling: a step that achieves more raises it, so a
+  reported utilisation never exceeds 100%.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 products are emulated there.
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_PEAKS: dict[tuple[torch.dtype, str], float] = {}
+_warned_emulated = False
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and oneDNN is allowed to use it."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16:
+        return False
+    flags = _cpuinfo()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_description() -> str:
+    """'AMD EPYC 9R14 (AVX512-BF16), 2 threads': the CPU that a benchmark figure comes from."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+                 "unknown CPU")  # fmt: skip
+    kind = "AVX512-BF16" if cpu_has_bf16() else ("AVX2, bf16 emulated" if "avx2" in _cpuinfo() else "no AVX2")
+    return f"{model} ({kind}), {torch.get_num_threads()} threads"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
+    """`auto`, `fp32`, `bf16` or `fp16` -> a torch dtype; an explicit bf16 on an emulating CPU warns once."""
+    if name in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    if name not in DTYPES:
+        raise ScratchLLMError(f"--dtype {name!r}: expected auto, fp32 or bf16")
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and device == "cpu":
+        warn_if_bf16_emulated()
+    return dtype
+
+
+def warn_if_bf16_emulated() -> None:
+    """One stderr line per process when bf16 is emulated here, with the slowdown measured just now."""
+    global _warned_emulated
+    if _warned_emulated or cpu_has_bf16():
+        return
+    _warned_emulated = True
+    fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(
+        f"warning: this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 matrix products are emulated at "
+        f"{bf16 / 1e9:.1f} GFLOP/s, {fp32 / bf16:.0f}x slower than fp32 ({fp32 / 1e9:.0f} GFLOP/s); "
+        "--dtype fp32 (or auto) is faster here",
+        file=sys.stderr,
+    )
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu", target_s: float = 0.01,
+                        max_n: int = 2048, repeats: int = 5) -> float:  # fmt: skip
+    """FLOP/s of the fastest of `repeats` n^3 products; n doubles from 128 until one product takes `target_s`."""
+    g = torch.Generator(device=device).manual_seed(0)  # never touch the global RNG (exact resume)
+
+    def timed(a: torch.Tensor, b: torch.Tensor) -> float:
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        return time.perf_counter() - start
+
+    n = 64
+    while True:
+        n *= 2
+        a = torch.randn(n, n, generator=g, device=device).to(dtype)
+        b = torch.randn(n, n, generator=g, device=device).to(dtype)
+        timed(a, b)  # warm-up: kernel selection, page faults
+        best = timed(a, b)
+        if n >= max_n or best >= target_s:
+            break
+    best = min([best] + [timed(a, b) for _ in range(repeats - 1)])
+    return 2 * n**3 / best
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """This process's matmul peak for `dtype` on `device`: measured on first use, raised by `utilisation`."""
+    key = (dtype, device)
+    if key not in _PEAKS:
+        _PEAKS[key] = measure_matmul_peak(dtype, device, max_n=2048 if device == "cpu" else 8192)
+    return _PEAKS[key]
+
+
+def utilisation(flops_per_s: float, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """Achieved FLOP/s over the peak (MFU), in [0, 1]: an achieved rate above the peak becomes the peak."""
+    key = (dtype, device)
+    peak = matmul_peak(dtype, device)
+    if flops_per_s > peak:
+        _PEAKS[key] = peak = flops_per_s
+    return flops_per_s / peak
+
+
+def memory_bandwidth(n_bytes: int = 1 << 28) -> float:
+    """Bytes/s of a large tensor copy on the CPU (read + write counted), best of three.
+
+    Decoding reads every weight once per token, so its utilisation is bytes read per second over this.
+    """
+    src = torch.ones(n_bytes // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best
