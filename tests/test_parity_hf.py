@@ -25,7 +25,7 @@ LLAMA_CASES = {
                                num_hidden_layers=2, max_position_embeddings=256, vocab_size=280,
                                rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                               "original_max_position_embeddings": 32}),
+                               "original_max_position_embeddings": 64}),
 }  # fmt: skip
 
 
@@ -113,3 +113,31 @@ def test_export_to_hf_roundtrip(preset):
     back = state_dict_from_hf(state_dict_to_hf(ours.state_dict(), ours.config), ours.config)
     for k, v in ours.state_dict().items():
         assert torch.equal(back[k], v), k
+
+
+@pytest.mark.parametrize(
+    "head_dim,factor,old_context",
+    [(64, 32.0, 8192), (128, 8.0, 8192), (16, 8.0, 64)],  # Llama 3.2, Llama 3.1, the parity case above
+)
+def test_llama3_rope_frequencies_match_transformers(head_dim, factor, old_context):
+    """Llama 3.1's smooth band between kept and scaled frequencies, against transformers' own formula.
+
+    Each case has frequencies on both sides of the band and inside it, so a hard switch would fail here.
+    """
+    import math
+
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from scratchllm.models.rope import inverse_frequencies, llama3_scaled_frequencies
+
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": old_context}  # fmt: skip
+    hf_config = transformers.LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, head_dim=head_dim,
+                                         rope_theta=500000.0, rope_scaling=scaling)  # fmt: skip
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_config, "cpu")
+    base = inverse_frequencies(head_dim, 500000.0)
+    wavelength = 2 * math.pi / base
+    in_band = (wavelength > old_context / 4) & (wavelength < old_context)
+    assert in_band.any() and (wavelength < old_context / 4).any() and (wavelength > old_context).any()
+    ours = llama3_scaled_frequencies(base, {**scaling, "original_context_length": old_context})
+    torch.testing.assert_close(ours, expected.float(), rtol=1e-6, atol=0)
