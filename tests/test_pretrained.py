@@ -230,3 +230,33 @@ def test_sentencepiece_tokenizer(tmp_path):
     assert tok.decode(ids) == text
     assert b"".join(tok.token_bytes(i) for i in ids).decode().strip() == text
     assert tok.encode(text, add_bos=True)[0] == tok.sp.bos_id()
+
+
+# Meta's published params.json files (Llama 2 leaves vocab_size to the tokenizer: -1).
+META_PARAMS = {
+    "llama3.2-1b": {"dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+                    "ffn_dim_multiplier": 1.5, "multiple_of": 256, "norm_eps": 1e-05, "rope_theta": 500000.0,
+                    "use_scaled_rope": True},
+    "llama3.1-8b": {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+                    "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "norm_eps": 1e-05, "rope_theta": 500000.0,
+                    "use_scaled_rope": True},
+    "llama3-8b": {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": -1,
+                  "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0},
+    "llama2-7b": {"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-05,
+                  "vocab_size": -1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(META_PARAMS))
+def test_meta_params_json_gives_the_hf_derived_preset(name):
+    """Feed-forward width, context (Llama 2 / 3 / scaled 3.1), RoPE scaling factor (32 for 1B/3B, 8 for 8B)
+    and a vocabulary taken from the tokenizer when params.json says -1: as the presets built from HF configs."""
+    from scratchllm.checkpoints.meta import config_from_params
+    from scratchllm.models import get_config
+
+    tokenizer_vocab = 32000 if name.startswith("llama2") else 128256
+    got = config_from_params(META_PARAMS[name], tokenizer_vocab, name).to_dict()
+    expected = get_config(name).to_dict()
+    for field in ("name", "tie_embeddings"):  # Meta stores `output` separately even where HF ties it
+        got.pop(field), expected.pop(field)
+    assert got == expected
