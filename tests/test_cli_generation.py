@@ -26,12 +26,23 @@ def model_dir(tmp_path_factory, gpt2_tokenizer):
     return folder
 
 
-def test_saved_folder_roundtrip(model_dir):
-    model = load_model_folder(model_dir)
-    again = load_model_folder(model_dir)
-    idx = torch.randint(0, 50257, (1, 20))
-    assert torch.equal(model(idx), again(idx))
-    assert model.out_head.weight is model.tok_emb.weight
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_saved_folder_roundtrip(tmp_path, preset):
+    """The model that was saved and the model that is loaded back: same config, weights, tying and logits."""
+    torch.manual_seed(3)
+    saved = build_model(preset, tie_embeddings=True).eval()
+    with torch.no_grad():
+        for p in saved.parameters():  # not the init's values: norms and biases off their 1 / 0
+            p.add_(0.1 * torch.randn_like(p))
+    save_model(saved, tmp_path)
+    loaded = load_model_folder(tmp_path)
+    assert loaded.config == saved.config
+    assert loaded.out_head.weight is loaded.tok_emb.weight
+    expected, got = saved.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    idx = torch.randint(0, saved.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), saved(idx))
 
 
 @pytest.mark.parametrize("compile", [[], ["--compile"]])
@@ -76,6 +87,30 @@ def test_chat_cli_session(model_dir):
     assert result.returncode == 0, result.stderr
     assert "conversation cleared" in result.stderr
     assert len(result.stdout.splitlines()) == 2  # one reply per question
+
+
+def test_chat_templates_exact_text():
+    """Each template's exact prompt string: the book's Alpaca layout (ch. 7) and Meta's Llama 3 header format."""
+    turns = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."},
+             {"role": "user", "content": "Another?"}]  # fmt: skip
+    system = [{"role": "system", "content": "Be brief."}]
+    assert TEMPLATES["alpaca"].render(turns) == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\nName a color.\n\n### Response:\nBlue."
+        "\n\n### Instruction:\nAnother?\n\n### Response:\n"
+    )
+    assert TEMPLATES["llama3"].render(system + turns) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nName a color.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nBlue.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nAnother?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert TEMPLATES["plain"].render(system + turns) == (
+        "System: Be brief.\nUser: Name a color.\nAssistant: Blue.\nUser: Another?\nAssistant:"
+    )
+    assert TEMPLATES["plain"].stop_strings == ("\nUser:",)
+    assert TEMPLATES["alpaca"].stop_strings == ("\n\n### Instruction:", "\n### Response:")
 
 
 def test_chat_templates_and_overflow(gpt2_tokenizer):

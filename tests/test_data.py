@@ -109,6 +109,23 @@ def test_prepare_single_file_with_gpt2(tmp_path):
     assert prepared.tokens[:4].tolist() == [40, 367, 2885, 1464]
 
 
+def test_vocabulary_above_65536_is_stored_as_uint32(tmp_path, gpt2_tokenizer):
+    """Llama 3's 128k ids do not fit uint16: the token file widens, and ids above 65,535 survive."""
+    from scratchllm.data.prepare import prepare_corpus
+    from scratchllm.tokenizers import BPETokenizer
+
+    wide = BPETokenizer(dict(gpt2_tokenizer.ranks), {"<|endoftext|>": 128_255}, gpt2_tokenizer.pattern, "wide")
+    docs = [tmp_path / f"d{i}.txt" for i in range(4)]
+    for i, d in enumerate(docs):
+        d.write_text(f"document {i} " * 10)
+    prepared = prepare_corpus(docs, wide, tmp_path / "out", val_fraction=0.25, progress=False)
+    assert prepared.meta.dtype == "uint32" and prepared.tokens.dtype == "uint32"
+    tokens = prepared.tokens.tolist()
+    assert tokens.count(128_255) == 3  # the separators between 4 documents, not wrapped to 62,719
+    assert sorted(wide.decode(tokens).split("<|endoftext|>")) == sorted(d.read_text() for d in docs)
+    assert open_prepared(tmp_path / "out").tokens.tolist() == tokens  # read back from disk with its dtype
+
+
 def test_open_prepared_errors(tmp_path):
     with pytest.raises(ScratchLLMError, match="not a prepared data folder"):
         open_prepared(tmp_path)

@@ -28,6 +28,13 @@ VARIED = [
     "def f(a, b):\n    return a + b  # comment\n\n\nclass C:\n    pass\n",
     "\u200b zero\u00a0width and non-breaking spaces \ufeff",
     "a <|endoftext|> b",
+    "IT'S It'S it's don't DON'T o'clock rock'n'roll '' 's 'll",
+    "e\u0301 combining, \u00e9 precomposed, \U0001F468\u200d\U0001F469\u200d\U0001F467 family",
+    "\U0001F44D\U0001F3FD skin tone",
+    "trailing spaces then newline   \n   \n\n  x  \t\t y \u3000 z",
+    "control \x00\x01\x7f bytes and \u2028 line \u2029 separators",
+    "mixed123abc 1,000,000 12:30 v2.0.1 $5 100% #tag @user http://example.com/a?b=c&d=e",
+    "<|endoftext|><|endoftext|>start and end<|endoftext|>",
 ]
 
 
@@ -51,9 +58,22 @@ def test_simple_tokenizer_book_figures(verdict_text):
         v1.encode("Hello")
 
 
+@pytest.fixture(scope="module")
+def hf_gpt2():
+    """HuggingFace `tokenizers` built from the same vocabulary files: its own regex engine and BPE code."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    hf = Tokenizer(BPE.from_file(str(GPT2_BPE / "encoder.json"), str(GPT2_BPE / "vocab.bpe")))
+    hf.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    hf.add_special_tokens(["<|endoftext|>"])
+    return hf
+
+
 @pytest.mark.parametrize("text", VARIED)
-def test_gpt2_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, text):
-    expected = tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+def test_gpt2_matches_hf_tokenizers(gpt2_tokenizer, hf_gpt2, text):
+    expected = hf_gpt2.encode(text).ids
     assert gpt2_tokenizer.encode(text, allowed_special={"<|endoftext|>"}) == expected
     assert gpt2_tokenizer.encode_reference(text, allowed_special={"<|endoftext|>"}) == expected
     assert gpt2_tokenizer.decode(expected) == text
@@ -100,6 +120,13 @@ def test_special_token_errors(gpt2_tokenizer):
     # Treated as plain text when asked to.
     assert len(gpt2_tokenizer.encode_ordinary("<|endoftext|>")) > 1
     assert gpt2_tokenizer.encode("<|endoftext|>", allowed_special="all") == [50256]
+
+
+def test_encode_batch(gpt2_tokenizer, hf_gpt2, verdict_text):
+    texts = [t for t in VARIED if "<|endoftext|>" not in t] + verdict_text.split("\n\n")[:40]
+    expected = [e.ids for e in hf_gpt2.encode_batch(texts)]
+    assert gpt2_tokenizer.encode_batch(texts) == expected
+    assert [gpt2_tokenizer.encode(t) for t in texts] == expected
 
 
 def test_hf_file_layouts_agree(tmp_path, gpt2_tokenizer, verdict_text):
