@@ -202,3 +202,12 @@ def test_missing_and_wrong_tokenizer_paths(tmp_path):
     (tmp_path / "x.json").write_text('{"format": "scratchllm-bpe", "tokens": 3}')
     with pytest.raises(ScratchLLMError, match="malformed"):
         BPETokenizer.load(tmp_path / "x.json")
+
+
+def test_gpt2_vocabulary_and_the_verdict_ship_with_the_package(gpt2_tokenizer, verdict_text):
+    from scratchllm.data.corpus import corpus_files, read_text
+
+    shipped = load_tokenizer("gpt2")  # no download, no ../shared
+    assert shipped.fingerprint() == gpt2_tokenizer.fingerprint() and shipped.name == "gpt2"
+    (story,) = corpus_files("the-verdict")
+    assert read_text(story) == verdict_text

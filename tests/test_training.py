@@ -338,3 +338,11 @@ def test_book_experiment_overfits_as_in_the_book(tmp_path, monkeypatch):
     val = [e["val_loss"] for e in result.evals]
     assert train[0] > 10 and train[-1] < 2.0
     assert 5.5 < min(val) < 7.0 and val[-1] > min(val)
+
+
+def test_a_plot_that_cannot_be_drawn_is_announced(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    pretrain(tiny_config(data_dir, tmp_path / "run", max_steps=1, eval_every=1, save_every=1))
+    out = capsys.readouterr().out
+    assert "loss.png not written (matplotlib is not installed" in out
+    assert not (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "model.safetensors").exists()
