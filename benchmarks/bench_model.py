@@ -118,8 +118,11 @@ def run_worker(impl, model_name, dtype, args, profile=False) -> dict:
         cmd.append("--profile")
     if args.tune_allocator:
         cmd.append("--tune-allocator")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"{impl} {model_name} {dtype} failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
