@@ -12,7 +12,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizers import BPETokenizer, train_bpe
 from scratchllm.tokenizers.bpe import GPT2_PATTERN, GPT4_PATTERN
 
-from .conftest import SHARED
+from .conftest import VERDICT, shared_file
 
 
 def naive_train(text: str, vocab_size: int, pattern: str) -> dict[bytes, int]:
@@ -55,7 +55,7 @@ def test_incremental_trainer_equals_naive(verdict_text, pattern):
 
 
 def test_trained_tokenizer_roundtrips_any_text(tmp_path, verdict_text):
-    tok = train_bpe([verdict_text, (SHARED / "small-text-sample.txt").read_text()], 600, progress=False)
+    tok = train_bpe([verdict_text, shared_file("small-text-sample.txt").read_text()], 600, progress=False)
     assert tok.vocab_size == 600
     for text in [verdict_text, "unseen: ünïcödé 日本 🤖 \x00\x01 \t\n", "", "<|endoftext|> is plain here"]:
         ids = tok.encode_ordinary(text)
@@ -80,7 +80,7 @@ def test_vocab_too_small():
 
 
 def test_tokenizer_cli(tmp_path, capsys):
-    corpus = SHARED / "the-verdict.txt"
+    corpus = VERDICT
     out = tmp_path / "tok.json"
     assert main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "500", "--out", str(out)]) == 0
     assert main(["tokenizer", "encode", str(out), "Every effort moves you"]) == 0

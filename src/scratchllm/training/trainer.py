@@ -315,10 +315,12 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
                 )
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:.0f}", mfu=f"{mfu:.0%}")
                 window_start, window_tokens = time.perf_counter(), 0
+            paused = time.perf_counter()
             if state.step % cfg.eval_every == 0 and state.step < cfg.max_steps:
                 evaluate_and_sample()
             if state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
                 checkpoint()
+            window_start += time.perf_counter() - paused  # tokens/s and MFU count training time only
             if on_step is not None:
                 on_step(state.step)
     except KeyboardInterrupt:
