@@ -1,4 +1,8 @@
-"""`scratchllm convert --to hf|scratchllm SOURCE OUT`: export a run folder for the HF ecosystem, or import."""
+"""`scratchllm convert --to hf|scratchllm SOURCE OUT`: export a run folder for the HF ecosystem, or import.
+
+OUT is written whole: into a temporary folder beside it, then swapped in, so it never mixes old and new
+files. A non-empty OUT is replaced only with --overwrite, and never when it is SOURCE or inside it.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,24 @@ def register(sub) -> None:
     p.add_argument("source", help="run folder, HF folder, Meta folder or hub name")
     p.add_argument("out", help="output folder")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="dtype of the written weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from scratchllm.checkpoints.convert import to_hf, to_scratchllm
     from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.files import claim_output_folder, replace_folder
 
+    source, out = Path(args.source).resolve(), Path(args.out).resolve()
+    if Path(args.source).exists() and (out == source or source in out.parents or out in source.parents):
+        raise ScratchLLMError(f"convert: OUT {args.out} and SOURCE {args.source} overlap; choose another OUT")
+    claim_output_folder(args.out, args.overwrite, "converted model")
     loaded = load_checkpoint(args.source, args.dtype, "cpu")
-    out = (to_hf if args.to == "hf" else to_scratchllm)(loaded.model, loaded.tokenizer, args.out)
-    print(f"wrote {args.to} folder {out}")
+    write = to_hf if args.to == "hf" else to_scratchllm
+    replace_folder(args.out, lambda tmp: write(loaded.model, loaded.tokenizer, tmp))
+    print(f"wrote {args.to} folder {args.out}")
     return 0

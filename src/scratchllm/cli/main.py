@@ -2,7 +2,12 @@
 
 Each verb lives in its own module under `scratchllm.cli` with `register(subparsers)` (argument
 definitions, cheap) and `run(args)` (the work; heavy imports such as torch happen inside it), so that
-`scratchllm --help` answers instantly. A `ScratchLLMError` is printed as one line and exits with 2.
+`scratchllm --help` answers instantly.
+
+Errors are printed here and nowhere else: a `ScratchLLMError` (bad input: it names the file or field, what
+was found and what was expected) and an `OSError` from the user's files (permissions, a full disk) as one
+line with exit status 2; anything else is a bug in scratchllm, reported as one line with exit status 1
+and a hint to rerun with `--debug`, which shows the traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Large language models from scratch: prepare data, train, generate, fine-tune, serve.",
     )
     parser.add_argument("--version", action="version", version=f"scratchllm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         importlib.import_module(f"scratchllm.cli.{verb}").register(sub)
@@ -45,3 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split())[:300]
+        print(f"error: internal error in scratchllm ({type(e).__name__}: {message}); "
+              f"rerun with `scratchllm --debug {args.verb} ...` for the traceback", file=sys.stderr)  # fmt: skip
+        return 1

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.training.trainer import pretrain
 
     values = vars(args)
-    overrides = {k: v for k, v in values.items() if k not in ("config", "resume", "handler", "verb") and "__" not in k}
+    actions = ("config", "resume", "overwrite", "handler", "verb", "debug")
+    overrides = {k: v for k, v in values.items() if k not in actions and "__" not in k}
     model_overrides = {k.split("__", 1)[1]: v for k, v in values.items() if k.startswith("model__") and v is not None}
     config_file = args.config
     if args.resume and config_file is None:

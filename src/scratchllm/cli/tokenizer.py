@@ -22,6 +22,7 @@ def register(sub) -> None:
         help="special token to reserve (repeatable; default <|endoftext|>)",
     )
     t.add_argument("--out", required=True, help="output file (scratchllm-tokenizer.json format)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     t.set_defaults(handler=run_train)
 
     for name, helptext in (("encode", "print the token ids of a text"), ("decode", "print the text of ids")):
@@ -39,9 +40,11 @@ def run_train(args: argparse.Namespace) -> int:
     import time
 
     from scratchllm.data.corpus import corpus_files, corpus_name, read_text
+    from scratchllm.files import claim_output_file
     from scratchllm.tokenizers.bpe import END_OF_TEXT, PATTERNS
     from scratchllm.tokenizers.train import train_bpe
 
+    claim_output_file(args.out, args.overwrite)  # before minutes of training, not after
     files = corpus_files(args.data)
     start = time.perf_counter()
     tok = train_bpe(

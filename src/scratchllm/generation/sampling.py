@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_fields
 
 
 @dataclass
@@ -26,6 +26,7 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "generation settings")
         if self.temperature < 0:
             raise ScratchLLMError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:

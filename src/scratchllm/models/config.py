@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_fields
 
 ARCHS = ("gpt2", "llama")
 
@@ -46,6 +46,7 @@ class ModelConfig:
     _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_fields(self, f"model config {self.name!r}")
         self._derived = frozenset(n for n in ("n_kv_heads", "head_dim", "hidden_dim") if getattr(self, n) is None)
         if self.arch not in ARCHS:
             raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of {ARCHS}")

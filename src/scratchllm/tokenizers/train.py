@@ -150,5 +150,10 @@ def train_bpe(
             else:
                 pair_counts.pop(p, None)
     bar.close()
+    if len(vocab) - 256 < n_merges:
+        import sys
+
+        print(f"note: the corpus supports only {len(vocab) + len(special_tokens):,} ids (no pair left to merge), "
+              f"fewer than the {vocab_size:,} asked for", file=sys.stderr)  # fmt: skip
     specials = {tok: len(vocab) + i for i, tok in enumerate(special_tokens)}
     return BPETokenizer(ids, specials, pattern, name)

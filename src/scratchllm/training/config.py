@@ -8,11 +8,12 @@ The resolved config (after file and flags) is saved in the run folder as `config
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.errors import ScratchLLMError, check_fields
 
 
 @dataclass
@@ -58,17 +59,33 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every"):
+        check_fields(self, "pretrain config")
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every",
+                     "sample_every", "keep_last", "vocab_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ScratchLLMError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ScratchLLMError(f"config field 'seq_len' must be >= 2 (or null for the context), got {self.seq_len}")
+        if self.sample_tokens < 0:
+            raise ScratchLLMError(f"config field 'sample_tokens' must be >= 0, got {self.sample_tokens}")
         if self.init not in ("gpt2", "pytorch"):
             raise ScratchLLMError(f"config field 'init' must be 'gpt2' or 'pytorch', got {self.init!r}")
         if self.sampling not in ("random", "epochs"):
             raise ScratchLLMError(f"config field 'sampling' must be 'random' or 'epochs', got {self.sampling!r}")
-        if self.keep_last < 1:
-            raise ScratchLLMError(f"config field 'keep_last' must be >= 1, got {self.keep_last}")
+        if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
+            raise ScratchLLMError(f"config field 'dtype' must be auto, fp32 or bf16, got {self.dtype!r}")
+        if not 0 < self.lr <= 10:
+            raise ScratchLLMError(f"config field 'lr' must be in (0, 10], got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
             raise ScratchLLMError(f"config fields: need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ScratchLLMError(f"config field {name!r} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ScratchLLMError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise ScratchLLMError(f"config field 'val_fraction' must be in [0, 1), got {self.val_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +139,11 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> PretrainCo
         return PretrainConfig(**values)
     except TypeError as e:
         raise ScratchLLMError(f"pretrain config: {e}") from None
+    except ScratchLLMError as e:
+        # Name the file when the bad value came from it rather than from a flag.
+        field = re.search(r"field '(\w+)'", str(e))
+        from_file = file and field and field.group(1) in values and overrides.get(field.group(1)) is None
+        raise ScratchLLMError(f"{file}: {e}" if from_file else str(e)) from None
 
 
 def _cuda_available() -> bool:
