@@ -124,28 +124,52 @@ def test_checkpoint_survives_a_crash_mid_write(data_dir, tmp_path, monkeypatch):
     assert target.read_bytes() == b"old" and list(tmp_path.glob(".file.bin.tmp*")) == []
 
 
-def test_mismatched_and_corrupt_checkpoints(data_dir, tmp_path):
+def test_mismatched_and_corrupt_checkpoints(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
     pretrain(tiny_config(data_dir, run, max_steps=3))
-    with pytest.raises(ScratchLLMError, match="already holds checkpoints"):
+    with pytest.raises(ScratchLLMError, match="already holds files.*--resume.*--overwrite"):
         pretrain(tiny_config(data_dir, run, max_steps=6))
     with pytest.raises(ScratchLLMError, match="n_layers=2 but the run's model has n_layers=3"):
         pretrain(tiny_config(data_dir, run, max_steps=6, model_overrides={"context_length": 32, "n_layers": 3}),
                  resume=True)  # fmt: skip
-    ckpt = list_checkpoints(run)[-1]
+    (ckpt,) = list_checkpoints(run)
     weights = ckpt / "model.safetensors"
-    data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2])  # truncated file
-    with pytest.raises(ScratchLLMError, match="model.safetensors.*truncated"):
-        pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
-    assert weights.read_bytes() == data[: len(data) // 2]  # nothing overwritten
-    tensors = load_tensors(run / "model.safetensors")
+    tensors = load_tensors(weights)
     tensors["blocks.0.attn.qkv.weight"] = tensors["blocks.0.attn.qkv.weight"][:10]
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(weights))
     with pytest.raises(ScratchLLMError, match="blocks.0.attn.qkv.weight.*shape"):
         pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
+    assert list_checkpoints(run) == [ckpt]  # another model's checkpoint is not "damaged": left in place
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated file, and no older checkpoint to fall back on
+    with pytest.raises(ScratchLLMError, match="no complete checkpoint left"):
+        pretrain(tiny_config(data_dir, run, max_steps=6), resume=True)
+    assert "model.safetensors: not a readable safetensors file" in capsys.readouterr().out
+    aside = ckpt.with_name(ckpt.name + ".damaged")
+    assert (aside / "model.safetensors").read_bytes() == data[: len(data) // 2]  # kept for inspection
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "delete state", "garble state"])
+def test_resume_falls_back_to_the_newest_complete_checkpoint(data_dir, tmp_path, capsys, damage):
+    full = pretrain(tiny_config(data_dir, tmp_path / "full", max_steps=9))
+    run = tmp_path / "run"
+    pretrain(tiny_config(data_dir, run, max_steps=6))  # checkpoints at steps 3 and 6
+    newest = list_checkpoints(run)[-1]
+    if damage == "truncate weights":
+        (newest / "model.safetensors").write_bytes((newest / "model.safetensors").read_bytes()[:1000])
+    elif damage == "delete state":
+        (newest / "state.json").unlink()
+    else:
+        (newest / "state.json").write_text('{"step": 6, "tokens')
+    resumed = pretrain(tiny_config(data_dir, run, max_steps=9), resume=True)
+    out = capsys.readouterr().out
+    assert "step-000006.damaged" in out and "resumed from" in out and "step-000003 (step 3)" in out
+    assert (run / "checkpoints" / "step-000006.damaged").is_dir()
+    assert resumed.state.step == 9
+    a, b = final_weights(full.run_dir), final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as if the damaged steps had never happened
 
 
 def test_config_file_and_flags(tmp_path):

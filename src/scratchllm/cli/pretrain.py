@@ -32,6 +32,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", default=None, help="YAML file with PretrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out-dir (or --data-out holding other files) with the new run")
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "model_overrides":
@@ -81,12 +83,18 @@ def run(args: argparse.Namespace) -> int:
         saved = Path(args.out_dir or PretrainConfig.out_dir) / "config.yaml"
         config_file = saved if saved.exists() else None
     cfg = build_config(config_file, model_overrides=model_overrides, **overrides)
-    result = pretrain(cfg, resume=args.resume)
+    if args.resume and args.overwrite:
+        from scratchllm.errors import ScratchLLMError
+
+        raise ScratchLLMError("--resume continues a run and --overwrite replaces it: give one of them")
+    result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     last = result.evals[-1] if result.evals else None
     print(f"\nrun folder: {result.run_dir}")
     if last:
+        val = (f"validation loss {last['val_loss']:.3f} (perplexity {last['val_perplexity']:.1f})"
+               if "val_loss" in last else "no validation split")  # fmt: skip
         print(f"final: step {last['step']}, {last['tokens_seen']:,} tokens seen, train loss {last['train_loss']:.3f}, "
-              f"validation loss {last['val_loss']:.3f} (perplexity {last['val_perplexity']:.1f})")  # fmt: skip
+              f"{val}")  # fmt: skip
     import shlex
 
     prompt = shlex.quote(cfg.sample_prompt)

@@ -9,11 +9,12 @@ key of the corpus files and training settings, so the second run skips training 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from scratchllm.data.corpus import corpus_files, corpus_name, read_text
-from scratchllm.data.prepare import PreparedData, prepare_corpus
+from scratchllm.data.prepare import OWN_FILES, PreparedData, is_prepared_folder, open_prepared, prepare_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizers.bpe import PATTERNS, BPETokenizer
 from scratchllm.tokenizers.formats import OUR_FILE, load_tokenizer
@@ -80,10 +81,26 @@ def get_tokenizer(files: list[Path], opts: PrepareOptions, out_dir: Path, progre
     return tokenizer
 
 
-def prepare_data(opts: PrepareOptions | None = None, progress: bool = True) -> PreparedData:
-    """Run (or reuse) the whole data stage and return the opened token file."""
+def _claim_data_dir(out_dir: Path, overwrite: bool) -> None:
+    """A data folder may hold only what this stage writes; anything else is the user's (--overwrite)."""
+    from scratchllm.files import claim_output_folder
+
+    if out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {*OWN_FILES, _KEY_FILE}:
+        return  # our own cache: reused or refreshed
+    if claim_output_folder(out_dir, overwrite, "prepared data"):
+        shutil.rmtree(out_dir)
+
+
+def prepare_data(opts: PrepareOptions | None = None, progress: bool = True, overwrite: bool = False) -> PreparedData:
+    """Run (or reuse) the whole data stage and return the opened token file.
+
+    `opts.data` may also be a prepared folder itself: it is used as it is, with its own tokenizer.
+    """
     opts = opts or PrepareOptions()
+    if opts.data and is_prepared_folder(Path(opts.data)):
+        return open_prepared(opts.data)
     out_dir = Path(opts.out) if opts.out else default_out_dir(opts)
+    _claim_data_dir(out_dir, overwrite)
     # Never read our own outputs back as corpus text (an output folder inside a corpus folder).
     out_resolved = out_dir.resolve()
     files = [f for f in corpus_files(opts.data) if out_resolved not in f.resolve().parents]

@@ -30,6 +30,7 @@ from scratchllm.tokenizers.formats import OUR_FILE
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
+OWN_FILES = (TOKENS_FILE, META_FILE, OUR_FILE, TOKENS_FILE + ".tmp")  # what a prepared folder holds
 _BATCH_CHARS = 4 << 20  # text handed to the tokenizer's threads at once
 _MAX_DOC_CHARS = 16 << 20  # longer files are read and encoded in pieces cut at line starts
 
@@ -84,6 +85,10 @@ def cache_key(files: list[Path], tokenizer: BPETokenizer, val_fraction: float, s
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
+
+
+def is_prepared_folder(folder: Path) -> bool:
+    return folder.is_dir() and (folder / META_FILE).exists() and (folder / TOKENS_FILE).exists()
 
 
 def open_prepared(folder: str | Path) -> PreparedData:

@@ -21,7 +21,8 @@ def plot_losses(evals: list[dict], path: str | Path) -> Path | None:
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     ax.plot(steps, [e["train_loss"] for e in evals], label="Training loss")
-    ax.plot(steps, [e["val_loss"] for e in evals], linestyle="-.", label="Validation loss")
+    if all("val_loss" in e for e in evals):  # a run without a validation split has none
+        ax.plot(steps, [e["val_loss"] for e in evals], linestyle="-.", label="Validation loss")
     ax.set_xlabel("Steps")
     ax.set_ylabel("Loss")
     ax.legend(loc="upper right")

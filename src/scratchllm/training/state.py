@@ -6,7 +6,9 @@ A checkpoint is a folder `checkpoints/step-000200/` in the run folder holding
     rng.safetensors                          torch's global RNG and the data sampler's RNG
     state.json                               step, tokens seen, optimizer hyper-parameters, run config
 It is written as `step-000200.tmp/` and renamed when complete, so a crash mid-write leaves the previous
-checkpoint as the latest; only the last `keep_last` are kept. Nothing here uses pickle.
+checkpoint as the latest; only the last `keep_last` are kept. Nothing here uses pickle. A checkpoint that
+cannot be read back (a truncated file, a disk that lost blocks) is moved aside as `step-N.damaged/` for
+inspection and resuming falls back to the newest complete one before it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from scratchllm.errors import ScratchLLMError
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
+
+
+class DamagedCheckpoint(ScratchLLMError):
+    """A checkpoint folder whose files cannot be read back (as opposed to one that belongs to another model)."""
 
 
 @dataclass
@@ -78,37 +84,67 @@ def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generato
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first (unfinished `.tmp` folders are ignored)."""
+    """Complete checkpoint folders, oldest first (unfinished `.tmp` and set-aside `.damaged` ones are not)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.suffix != ".tmp")
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit())
+
+
+def _read_checkpoint(folder: Path) -> tuple:
+    """Every file of a checkpoint, parsed and checked for damage before anything is applied."""
+    try:
+        saved = read_model_config(folder)
+        tensors = load_tensors(folder / WEIGHTS_FILE)
+        info = json.loads((folder / "state.json").read_text())
+        step, tokens_seen, opt_meta = int(info["step"]), int(info["tokens_seen"]), info["optimizer"]
+        opt_tensors = load_tensors(folder / "optimizer.safetensors")
+        rng = load_tensors(folder / "rng.safetensors")
+        rng_states = rng["torch"], rng["sampler"]
+    except DamagedCheckpoint:
+        raise
+    except ScratchLLMError as e:
+        raise DamagedCheckpoint(str(e)) from None
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise DamagedCheckpoint(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
+    bad = next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise DamagedCheckpoint(f"{folder / WEIGHTS_FILE}: tensor {bad!r} holds NaN or infinity")
+    return saved, tensors, step, tokens_seen, opt_meta, opt_tensors, rng_states
 
 
 def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Generator) -> TrainState:
     """Restore weights, optimizer, RNGs and counters from `folder`, after checking it matches the model."""
-    saved = read_model_config(folder)
+    saved, tensors, step, tokens_seen, opt_meta, opt_tensors, (torch_rng, sampler_state) = _read_checkpoint(folder)
     if saved.to_dict() != model.config.to_dict():
         diff = next(k for k, v in saved.to_dict().items() if model.config.to_dict().get(k) != v)
         raise ScratchLLMError(
             f"{folder}: checkpoint has {diff}={getattr(saved, diff)!r} but the run's model has "
             f"{diff}={getattr(model.config, diff)!r}; use the run's own config or a new --out-dir"
         )
-    tensors = load_tensors(folder / WEIGHTS_FILE)
     check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
     if model.config.tie_embeddings:
         tensors.setdefault("out_head.weight", tensors["tok_emb.weight"])
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ScratchLLMError(f"{folder}: optimizer state does not match this model ({e})") from None
     with torch.no_grad():
         for name, p in model.state_dict().items():
             p.copy_(tensors[name])
-    try:
-        info = json.loads((folder / "state.json").read_text())
-        optimizer.load_state_dict(
-            _unflatten_optimizer(load_tensors(folder / "optimizer.safetensors"), info["optimizer"])
-        )
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-        raise ScratchLLMError(f"{folder}: optimizer state does not match this model ({e})") from None
-    rng = load_tensors(folder / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    sampler_rng.set_state(rng["sampler"])
-    return TrainState(step=info["step"], tokens_seen=info["tokens_seen"])
+    torch.set_rng_state(torch_rng)
+    sampler_rng.set_state(sampler_state)
+    return TrainState(step=step, tokens_seen=tokens_seen)
+
+
+def resume_latest(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, say=print) -> tuple[TrainState, Path]:
+    """Load the newest complete checkpoint; damaged newer ones are moved aside (`.damaged`) and reported."""
+    for folder in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint_into(folder, model, optimizer, sampler_rng), folder
+        except DamagedCheckpoint as e:
+            aside = folder.with_name(folder.name + ".damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
+            say(f"warning: {e}\n  -> moved to {aside} for inspection; trying the checkpoint before it")
+    raise ScratchLLMError(f"--resume: no complete checkpoint left under {Path(run_dir) / CHECKPOINTS}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ import torch
 from scratchllm.checkpoints.io import save_model
 from scratchllm.data.pipeline import options_from, prepare_data
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import claim_output_folder
 from scratchllm.hardware import resolve_dtype, utilisation
 from scratchllm.models import Transformer, get_config
 from scratchllm.models.stats import model_stats
@@ -37,7 +40,7 @@ from scratchllm.training.distributed import DistInfo, barrier, init_distributed,
 from scratchllm.training.evaluate import perplexity, split_loss
 from scratchllm.training.loss import cross_entropy, lm_loss
 from scratchllm.training.schedule import lr_at
-from scratchllm.training.state import TrainState, list_checkpoints, load_checkpoint_into, save_checkpoint
+from scratchllm.training.state import TrainState, list_checkpoints, resume_latest, save_checkpoint
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -155,31 +158,66 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int) -> str:
     return prompt + text
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, on_step: Callable[[int], None] | None = None) -> RunResult:
-    """Run (or resume) a pretraining run described by `cfg`; returns the run folder and metrics."""
+def pretrain(cfg: PretrainConfig, resume: bool = False, on_step: Callable[[int], None] | None = None,
+             overwrite: bool = False) -> RunResult:  # fmt: skip
+    """Run (or resume) a pretraining run described by `cfg`; returns the run folder and metrics.
+
+    A non-empty `cfg.out_dir` is continued with `resume`, replaced with `overwrite` (its old contents are
+    deleted once data and model are ready, not before), and refused otherwise.
+    """
     dist = init_distributed()
     try:
-        return _pretrain(cfg, resume, on_step, dist)
+        return _pretrain(cfg, resume, on_step, dist, overwrite)
     finally:
         shutdown(dist)
 
 
-def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> RunResult:
+def _claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check the run folder against the user's intent; True when an old run will be replaced."""
+    if resume:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ScratchLLMError(f"--out-dir {run_dir}: is a file, not a run folder")
+        if not list_checkpoints(run_dir):
+            raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+        return False
+    try:
+        return claim_output_folder(run_dir, overwrite, "new run")
+    except ScratchLLMError as e:
+        if "not empty" not in str(e):
+            raise
+        raise ScratchLLMError(
+            f"--out-dir {run_dir} already holds files (a run?); pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out-dir"
+        ) from None
+
+
+def _check_tokens(prepared, tokenizer) -> None:
+    """The token file, its tokenizer and (through it) the model's vocabulary must belong together."""
+    meta = prepared.meta
+    if meta.vocab_size != tokenizer.vocab_size:
+        raise ScratchLLMError(f"{prepared.folder}: meta.json says vocab_size {meta.vocab_size:,} but its tokenizer "
+                              f"has {tokenizer.vocab_size:,} ids; prepare the data again")  # fmt: skip
+    top = int(prepared.tokens.max()) if meta.n_tokens else 0
+    if top >= tokenizer.vocab_size:
+        raise ScratchLLMError(f"{prepared.folder}: tokens.bin holds id {top:,}, beyond the tokenizer's "
+                              f"{tokenizer.vocab_size:,} ids; prepare the data again")  # fmt: skip
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwrite: bool = False) -> RunResult:
     run_dir = Path(cfg.out_dir)
     main = dist.is_main
-    existing = list_checkpoints(run_dir)
-    if main and existing and not resume:
-        raise ScratchLLMError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose --out-dir")
-    if resume and not existing:
-        raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+    replacing = _claim_run_dir(run_dir, resume, overwrite) if main else False
     # Data: rank 0 prepares (or reuses) the token file, the others wait and then open it.
     opts = options_from(cfg)
     if main:
-        prepared = prepare_data(opts, progress=cfg.progress)
+        prepared = prepare_data(opts, progress=cfg.progress, overwrite=overwrite)
     barrier(dist)
     if not main:
         prepared = prepare_data(opts, progress=False)
     tokenizer = prepared.tokenizer()
+    _check_tokens(prepared, tokenizer)
+    if replacing and run_dir.resolve() in (prepared.folder.resolve(), *prepared.folder.resolve().parents):
+        raise ScratchLLMError(f"--overwrite: --out-dir {run_dir} holds the prepared data in use; choose another")
     model_config = get_config(cfg.model, **{**cfg.model_overrides, "vocab_size": tokenizer.vocab_size})
     seq_len = cfg.seq_len or model_config.context_length
     if seq_len > model_config.context_length:
@@ -199,9 +237,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
     sampler_rng = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
     if resume:
-        state = load_checkpoint_into(existing[-1], model, optimizer, sampler_rng)
-        if main:
-            print(f"resumed from {existing[-1]} (step {state.step})")
+        say = print if main else (lambda _: None)
+        state, folder = resume_latest(run_dir, model, optimizer, sampler_rng, say)
+        say(f"resumed from {folder} (step {state.step})")
     train_model: torch.nn.Module = LossModule(model, cfg.fused_loss)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -218,6 +256,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
         keep_freed_memory()  # every step reallocates the same large tensors: reuse their pages
 
     if main:
+        if replacing:
+            shutil.rmtree(run_dir)
+            print(f"--overwrite: removed the previous contents of {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         tokenizer.save(run_dir / OUR_FILE)
@@ -234,20 +275,23 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
         )
 
     result = RunResult(run_dir, state)
+    has_val = len(val_tokens) > seq_len
+    if main and not has_val:
+        print(f"note: no validation split ({len(val_tokens):,} validation tokens, fewer than seq_len + 1 = "
+              f"{seq_len + 1}; val_fraction {cfg.val_fraction}): validation loss is not measured")  # fmt: skip
 
     def evaluate_and_sample(final: bool = False) -> None:
         if not main:
             return
         record = {"kind": "eval", "step": state.step, "tokens_seen": state.tokens_seen}
         record["train_loss"] = split_loss(model, train_tokens, seq_len, cfg.eval_batches, cfg.batch_size, amp)
-        record["val_loss"] = split_loss(model, val_tokens, seq_len, cfg.eval_batches, cfg.batch_size, amp)
-        record["val_perplexity"] = perplexity(record["val_loss"])
+        if has_val:
+            record["val_loss"] = split_loss(model, val_tokens, seq_len, cfg.eval_batches, cfg.batch_size, amp)
+            record["val_perplexity"] = perplexity(record["val_loss"])
         result.evals.append(record)
         log.write(record)
-        bar.write(
-            f"step {state.step:5d} | train loss {record['train_loss']:.3f} | val loss {record['val_loss']:.3f} "
-            f"(perplexity {record['val_perplexity']:.1f})"
-        )
+        val = f"val loss {record['val_loss']:.3f} (perplexity {record['val_perplexity']:.1f})" if has_val else "no val"
+        bar.write(f"step {state.step:5d} | train loss {record['train_loss']:.3f} | {val}")
         if final or state.step % cfg.sample_every == 0:
             text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens)
             result.samples.append(text)
@@ -297,6 +341,12 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo) -> Run
             state.tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
             train_loss = mean_across(loss_sum / cfg.grad_accum, dist).item()
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise ScratchLLMError(
+                    f"training loss became {train_loss} at step {state.step} (learning rate {lr:.3g}); stopped "
+                    f"without saving these weights, {run_dir} keeps the last good ones; lower --lr or --grad-clip"
+                )
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
