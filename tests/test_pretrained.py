@@ -126,7 +126,8 @@ def test_meta_layout(tmp_path, hf_llama, gpt2_tokenizer, shards):
     import base64
 
     _to_meta_layout(hf_llama, tmp_path, shards)
-    lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in gpt2_tokenizer.ranks.items()]
+    # Llama 3's layout: ranks, then 256 special tokens after them; 50,001 ranks make 50,257 ids, the model's.
+    lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in gpt2_tokenizer.ranks.items() if r < 50_001]
     (tmp_path / "tokenizer.model").write_text("\n".join(lines))
     loaded = load_checkpoint(tmp_path, dtype="fp32", device="cpu")
     assert loaded.source == "meta" and loaded.tokenizer.encode("Hello, I am") == [15496, 11, 314, 716]

@@ -24,6 +24,16 @@ Tensors = dict[str, torch.Tensor]
 # -- configs ---------------------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], name: str = "hf-model") -> ModelConfig:
     """A `config.json` of a GPT-2 or Llama model -> `ModelConfig`."""
+    if not isinstance(hf, dict):
+        raise ScratchLLMError("config.json: expected a JSON object of config fields")
+    try:
+        return _config_from_hf(hf, name)
+    except KeyError as e:
+        kind = hf.get("model_type")
+        raise ScratchLLMError(f"config.json: missing field {e.args[0]!r} for model_type {kind!r}") from None
+
+
+def _config_from_hf(hf: dict[str, Any], name: str) -> ModelConfig:
     kind = hf.get("model_type")
     if kind == "gpt2":
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):

@@ -7,7 +7,7 @@ Decisions:
 - A model folder holds `model_config.json` (the `ModelConfig`) next to `model.safetensors`, and the
   tokenizer file, so it can be loaded anywhere without the corpus or the training config.
 - Loading checks every tensor name and shape against the config before touching the model, and names
-  the file and the first mismatch in its error.
+  the file and the first mismatch in its error; weights holding NaN or infinity are refused.
 """
 
 from __future__ import annotations
@@ -124,7 +124,15 @@ def model_from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], wh
     with torch.device("meta"):
         model = Transformer(config)
     check_state_dict(model, tensors, where)
+    check_finite(tensors, where)
     return materialize(model, tensors, dtype, device)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Weights holding NaN or infinity (a diverged run, a damaged file) are refused when read, not generated from."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ScratchLLMError(f"{where}: tensor {name!r} holds NaN or infinity; these weights are unusable")
 
 
 def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"):

@@ -44,7 +44,10 @@ def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     from scratchllm.checkpoints.io import model_from_tensors
     from scratchllm.files import read_json
 
-    config = config_from_hf(read_json(folder / "config.json"), name=folder.name)
+    try:
+        config = config_from_hf(read_json(folder / "config.json"), name=folder.name)
+    except ScratchLLMError as e:
+        raise ScratchLLMError(f"{folder}/{e}" if str(e).startswith("config.json") else str(e)) from None
     tensors: dict[str, torch.Tensor] = {}
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").exists():
@@ -70,6 +73,33 @@ def load_hf_folder(folder: Path, dtype: torch.dtype | None, device: str):
     return model_from_tensors(config, state_dict_from_hf(tensors, config), str(folder), dtype, device)
 
 
+def read_folder_config(folder: Path):
+    """The `ModelConfig` of a scratchllm, HuggingFace or Meta model folder, without reading any weights."""
+    from scratchllm.checkpoints.hf import config_from_hf
+    from scratchllm.checkpoints.io import read_model_config
+    from scratchllm.checkpoints.meta import config_from_params, is_meta_folder
+    from scratchllm.files import read_json
+
+    if (folder / CONFIG_FILE).exists():
+        return read_model_config(folder)
+    if (folder / "config.json").exists():
+        return config_from_hf(read_json(folder / "config.json"), name=folder.name)
+    if is_meta_folder(folder):
+        tokenizer = _tokenizer_in(folder)
+        return config_from_params(read_json(folder / "params.json"), tokenizer.vocab_size if tokenizer else -1,
+                                  folder.name)  # fmt: skip
+    raise ScratchLLMError(f"{folder}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
+
+
+def check_tokenizer_fits(model, tokenizer, where: str) -> None:
+    """A tokenizer whose ids reach past the model's embedding does not belong to that model."""
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ScratchLLMError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size:,} ids but the model's vocabulary is "
+            f"{model.config.vocab_size:,}; they do not belong together"
+        )
+
+
 def announce_memory(files: list[Path], dtype: torch.dtype | None) -> None:
     """Say how much memory the weights will take before reading them (large models take a while)."""
     import sys
@@ -84,23 +114,32 @@ def announce_memory(files: list[Path], dtype: torch.dtype | None) -> None:
 
 def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | None = None) -> Loaded:
     """Model + tokenizer from a run folder, a HF folder, or a preset/config (random weights)."""
-    from scratchllm.checkpoints.download import cached_folder, download_model, resolve_repo
+    from scratchllm.checkpoints.download import HUB_NAMES, cached_folder, download_model, resolve_repo
     from scratchllm.checkpoints.meta import is_meta_folder, load_meta_folder
 
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     path = Path(spec)
     if not path.exists() and (repo := resolve_repo(str(spec))) is not None:
-        path = cached_folder(repo) or download_model(str(spec))  # a hub name: cached after the first time
+        try:
+            path = cached_folder(repo) or download_model(str(spec))  # a hub name: cached after the first time
+        except ScratchLLMError as e:
+            if str(spec) in HUB_NAMES:
+                raise
+            # `owner/name` is also what a mistyped local path looks like: say both readings.
+            message = f"--checkpoint {spec}: no such local folder, and as hub repository {repo!r}: {e}"
+            raise ScratchLLMError(message) from None
     if path.is_dir():
         if (path / CONFIG_FILE).exists():
-            return Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
-        if (path / "config.json").exists():
-            return Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
-        if is_meta_folder(path):
-            model, tokenizer = load_meta_folder(path, torch_dtype, device)
-            return Loaded(model, tokenizer, "meta")
-        raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
+            loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
+        elif (path / "config.json").exists():
+            loaded = Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
+        elif is_meta_folder(path):
+            loaded = Loaded(*load_meta_folder(path, torch_dtype, device), "meta")
+        else:
+            raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
+        check_tokenizer_fits(loaded.model, loaded.tokenizer, str(path))
+        return loaded
     from scratchllm.models.config import PRESETS, get_config, list_presets
 
     list_presets()

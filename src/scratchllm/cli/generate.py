@@ -47,7 +47,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0)
 
 def load_for_generation(args):
     """Model and tokenizer from the --checkpoint/--tokenizer flags, with a clear error if no tokenizer."""
-    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.checkpoints.load import check_tokenizer_fits, load_checkpoint
     from scratchllm.errors import ScratchLLMError
     from scratchllm.tokenizers.formats import load_tokenizer
 
@@ -56,6 +56,8 @@ def load_for_generation(args):
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
     if tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")
+    where = f"--tokenizer {args.tokenizer}" if args.tokenizer else args.checkpoint
+    check_tokenizer_fits(loaded.model, tokenizer, where)
     return loaded.model, tokenizer
 
 
@@ -116,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     sys.stdout.write("\n")
+    if timings.get("context_full"):
+        print(f"note: stopped after {timings['new_tokens']} new tokens of --max-new-tokens {args.max_new_tokens}: "
+              f"the model's context of {model.config.context_length} tokens is full", file=sys.stderr)  # fmt: skip
     if args.stats:
         total = time.perf_counter() - start
         prefill = timings.get("prefill_seconds", 0.0)

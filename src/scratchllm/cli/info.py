@@ -1,4 +1,8 @@
-"""`scratchllm info MODEL`: parameters, memory and FLOPs of a preset, a config file or a checkpoint."""
+"""`scratchllm info MODEL`: parameters, memory and FLOPs of a preset, a config file or a model folder.
+
+A folder (a run folder, a HuggingFace or Meta model folder) is described from its config alone: no
+weights are read, so `info` answers at once for an 8B model too.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser("info", help="parameter count, memory footprint and FLOPs per token of a model",
                        description=__doc__)  # fmt: skip
-    p.add_argument("model", nargs="?", default=None, help="preset name, config file (YAML/JSON); omit to list presets")
+    p.add_argument("model", nargs="?", default=None,
+                   help="preset name, config file (YAML/JSON) or model folder; omit to list presets")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: context length)")
     p.set_defaults(handler=run)
 
@@ -29,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
             c = get_config(name)
             print(f"{name:16s} {c.arch:6s} {_human(model_stats(c).params):>10s} params  context {c.context_length}")
         return 0
-    config = get_config(args.model)
+    from pathlib import Path
+
+    if Path(args.model).is_dir():
+        from scratchllm.checkpoints.load import read_folder_config
+
+        config = read_folder_config(Path(args.model))
+    else:
+        config = get_config(args.model)
     s = model_stats(config, args.seq_len)
     print(f"model            {config.name} ({config.arch})")
     print(f"layers/heads/d   {config.n_layers} / {config.n_heads} (kv {config.n_kv_heads}) / {config.emb_dim}")
