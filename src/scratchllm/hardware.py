@@ -58,6 +58,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """`device` if this PyTorch can use it, else a clear error (not torch's assertion deep inside)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ScratchLLMError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ScratchLLMError(f"--device {device}: no CUDA GPU is available to this PyTorch ({torch.__version__})")
+    return device
+
+
 def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
     """`auto`, `fp32`, `bf16` or `fp16` -> a torch dtype; an explicit bf16 on an emulating CPU warns once."""
     if name in (None, "auto"):

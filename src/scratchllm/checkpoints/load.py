@@ -19,7 +19,7 @@ import torch
 
 from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors
 from scratchllm.errors import ScratchLLMError
-from scratchllm.hardware import default_device, resolve_dtype
+from scratchllm.hardware import check_device, default_device, resolve_dtype
 
 
 @dataclass
@@ -117,7 +117,7 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
     from scratchllm.checkpoints.download import HUB_NAMES, cached_folder, download_model, resolve_repo
     from scratchllm.checkpoints.meta import is_meta_folder, load_meta_folder
 
-    device = device or default_device()
+    device = check_device(device or default_device())
     torch_dtype = resolve_dtype(dtype, device)
     path = Path(spec)
     if not path.exists() and (repo := resolve_repo(str(spec))) is not None:

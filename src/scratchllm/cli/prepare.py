@@ -26,6 +26,7 @@ def register(sub) -> None:
         description=__doc__,
     )
     add_data_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a --data-out folder that holds other files")
     p.set_defaults(handler=run)
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.data.pipeline import options_from, prepare_data
 
     start = time.perf_counter()
-    prepared = prepare_data(options_from(args))
+    prepared = prepare_data(options_from(args), overwrite=args.overwrite)
     m = prepared.meta
     print(f"prepared {prepared.folder} in {time.perf_counter() - start:.1f}s")
     print(f"  source      {m.source} ({m.n_documents} documents, {m.n_characters:,} characters)")

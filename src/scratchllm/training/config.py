@@ -136,7 +136,11 @@ def build_config(file: str | Path | None = None, **overrides: Any) -> PretrainCo
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["model_overrides"] = model_overrides
     try:
-        return PretrainConfig(**values)
+        config = PretrainConfig(**values)
+        from scratchllm.models.config import get_config
+
+        get_config(config.model, **config.model_overrides)  # a bad model or override fails now, not after the data
+        return config
     except TypeError as e:
         raise ScratchLLMError(f"pretrain config: {e}") from None
     except ScratchLLMError as e:

@@ -298,7 +298,17 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwr
             log.write({"kind": "sample", "step": state.step, "text": text})
             bar.write(f"--- sample at step {state.step} ---\n{text}\n---")
 
+    def diverged(what: str) -> ScratchLLMError:
+        bar.close()
+        return ScratchLLMError(
+            f"training diverged: {what} at step {state.step}; stopped without saving these weights, {run_dir} keeps "
+            "the last good ones (continue from them with --resume); lower --lr or --grad-clip"
+        )
+
     def checkpoint() -> None:
+        # A diverged update can leave NaN weights one step before the loss shows it: never save those.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged("the weights hold NaN or infinity")
         if main:
             save_checkpoint(run_dir, model, optimizer, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
             save_model(model, run_dir)  # the run folder's own weights: always the latest
@@ -342,11 +352,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwr
             window_tokens += tokens_per_step
             train_loss = mean_across(loss_sum / cfg.grad_accum, dist).item()
             if not math.isfinite(train_loss):
-                bar.close()
-                raise ScratchLLMError(
-                    f"training loss became {train_loss} at step {state.step} (learning rate {lr:.3g}); stopped "
-                    f"without saving these weights, {run_dir} keeps the last good ones; lower --lr or --grad-clip"
-                )
+                raise diverged(f"the training loss became {train_loss} (learning rate {lr:.3g})")
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
