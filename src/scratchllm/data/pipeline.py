@@ -16,6 +16,7 @@ from pathlib import Path
 from scratchllm.data.corpus import corpus_files, corpus_name, read_text
 from scratchllm.data.prepare import OWN_FILES, PreparedData, is_prepared_folder, open_prepared, prepare_corpus
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import atomic_write
 from scratchllm.tokenizers.bpe import PATTERNS, BPETokenizer
 from scratchllm.tokenizers.formats import OUR_FILE, load_tokenizer
 from scratchllm.tokenizers.train import train_bpe
@@ -77,7 +78,7 @@ def get_tokenizer(files: list[Path], opts: PrepareOptions, out_dir: Path, progre
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(tok_file)
-    key_file.write_text(key)
+    atomic_write(key_file, lambda tmp: tmp.write_text(key))
     return tokenizer
 
 

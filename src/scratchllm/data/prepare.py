@@ -25,6 +25,7 @@ import numpy as np
 
 from scratchllm.data.corpus import read_text
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import atomic_write
 from scratchllm.tokenizers.bpe import BPETokenizer
 from scratchllm.tokenizers.formats import OUR_FILE
 
@@ -201,5 +202,6 @@ def prepare_corpus(
         tokenizer=tokenizer.name,
         source=source,
     )
-    (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+    text = json.dumps(asdict(meta), indent=2)
+    atomic_write(out_dir / META_FILE, lambda tmp: tmp.write_text(text))
     return PreparedData(out_dir, meta)

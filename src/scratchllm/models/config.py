@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError, check_fields
+from scratchllm.files import atomic_write
 
 ARCHS = ("gpt2", "llama")
 
@@ -98,7 +99,7 @@ class ModelConfig:
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             text = json.dumps(data, indent=2)
-        path.write_text(text)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError, check_fields
+from scratchllm.files import atomic_write
 
 
 @dataclass
@@ -93,7 +94,8 @@ class PretrainConfig:
     def save(self, path: str | Path) -> None:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
