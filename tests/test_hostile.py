@@ -160,7 +160,7 @@ def test_non_finite_sampling_flags(model_dir, capsys, flag):
 def test_diverging_run_stops_and_keeps_the_last_good_weights(data_dir, tmp_path, monkeypatch):
     """One absurd update (the schedule returns 1e30 for one step; configs refuse such a learning rate)
     blows the weights up; the run stops, and the step-2 weights and checkpoint stay as they were."""
-    import scratchllm.training.trainer as trainer_module
+    import scratchllm.training.loop as loop_module
     from scratchllm.errors import ScratchLLMError
     from scratchllm.training.config import PretrainConfig
     from scratchllm.training.trainer import pretrain
@@ -169,8 +169,8 @@ def test_diverging_run_stops_and_keeps_the_last_good_weights(data_dir, tmp_path,
     cfg = PretrainConfig(model="gpt-tiny", model_overrides={"context_length": 32}, data=str(VERDICT), vocab_size=300,
                          data_out=str(data_dir), out_dir=str(run), max_steps=8, batch_size=2, dtype="fp32",
                          eval_every=2, eval_batches=1, save_every=2, sample_tokens=2, progress=False)  # fmt: skip
-    real_lr_at = trainer_module.lr_at
-    monkeypatch.setattr(trainer_module, "lr_at", lambda step, *a: 1e30 if step == 2 else real_lr_at(step, *a))
+    real_lr_at = loop_module.lr_at
+    monkeypatch.setattr(loop_module, "lr_at", lambda step, *a: 1e30 if step == 2 else real_lr_at(step, *a))
     saved: dict[str, bytes] = {}
     with pytest.raises(ScratchLLMError, match=r"training diverged: .* at step [34]; stopped without saving"):
         pretrain(cfg, on_step=lambda step: saved.update(snapshot(run)) if step == 2 else None)

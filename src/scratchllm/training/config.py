@@ -1,8 +1,10 @@
-"""Pretraining configuration: one flat dataclass, loadable from YAML, every field overridable by a flag.
+"""Training configuration: flat dataclasses, loadable from YAML, every field overridable by a flag.
 
-A YAML file holds the same keys as `PretrainConfig` (see configs/*.yaml); `model` is a preset name or a
-config file, and `model_overrides` changes single model fields (`--model-n-layers 4` on the command line).
-The resolved config (after file and flags) is saved in the run folder as `config.yaml`.
+`TrainSettings` holds what the shared loop (`training/loop.py`) needs for any task: optimisation,
+monitoring and the run folder. Each task's config extends it with its own fields: `PretrainConfig` adds the
+model, the corpus and sampling. A YAML file holds the same keys (see configs/*.yaml); `model` is a preset
+name or a config file, and `model_overrides` changes single model fields (`--model-n-layers 4` on the
+command line). The resolved config (after file and flags) is saved in the run folder as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -11,31 +13,18 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from scratchllm.errors import ScratchLLMError, check_fields
 from scratchllm.files import atomic_write
 
 
 @dataclass
-class PretrainConfig:
-    # model
-    model: str = "gpt-demo"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    # data (see data.pipeline.PrepareOptions)
-    data: str | None = None  # None = the Python standard library's source
-    tokenizer: str = "train"
-    vocab_size: int = 8192
-    pattern: str = "gpt4"
-    data_out: str | None = None
-    val_fraction: float = 0.1
+class TrainSettings:
     # optimisation
     max_steps: int = 400
-    batch_size: int = 8  # sequences per micro-batch and per process
+    batch_size: int = 8  # rows per micro-batch and per process
     grad_accum: int = 1
-    seq_len: int | None = None  # default: the model's context length
-    init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections scaled; "pytorch": torch's defaults, as the book
-    sampling: str = "random"  # "random" windows anywhere, or "epochs": the book's fixed windows, reshuffled per epoch
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 20
@@ -45,34 +34,23 @@ class PretrainConfig:
     grad_clip: float = 1.0
     dtype: str = "auto"  # autocast dtype: auto (bf16 where native), bf16, fp32
     compile: bool = False
-    fused_loss: bool = True
     seed: int = 1337
     # monitoring and output
-    out_dir: str = "runs/pretrain"
+    out_dir: str = "runs/train"
     eval_every: int = 50
     eval_batches: int = 10
-    sample_every: int = 200
-    sample_prompt: str = "def "
-    sample_tokens: int = 64
     log_every: int = 10
     save_every: int = 200
     keep_last: int = 2
     progress: bool = True
 
+    what: ClassVar[str] = "training config"  # names the config in error messages
+
     def __post_init__(self) -> None:
-        check_fields(self, "pretrain config")
+        check_fields(self, self.what)
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every", "save_every",
-                     "sample_every", "keep_last", "vocab_size"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ScratchLLMError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise ScratchLLMError(f"config field 'seq_len' must be >= 2 (or null for the context), got {self.seq_len}")
-        if self.sample_tokens < 0:
-            raise ScratchLLMError(f"config field 'sample_tokens' must be >= 0, got {self.sample_tokens}")
-        if self.init not in ("gpt2", "pytorch"):
-            raise ScratchLLMError(f"config field 'init' must be 'gpt2' or 'pytorch', got {self.init!r}")
-        if self.sampling not in ("random", "epochs"):
-            raise ScratchLLMError(f"config field 'sampling' must be 'random' or 'epochs', got {self.sampling!r}")
+                     "keep_last"):  # fmt: skip
+            self._at_least(name, 1)
         if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
             raise ScratchLLMError(f"config field 'dtype' must be auto, fp32 or bf16, got {self.dtype!r}")
         if not 0 < self.lr <= 10:
@@ -83,8 +61,50 @@ class PretrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ScratchLLMError(f"config field {name!r} must be in [0, 1), got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ScratchLLMError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+            self._at_least(name, 0)
+
+    def _at_least(self, name: str, low: int) -> None:
+        if getattr(self, name) < low:
+            raise ScratchLLMError(f"config field {name!r} must be >= {low}, got {getattr(self, name)}")
+
+    def _one_of(self, name: str, allowed: tuple[str, ...]) -> None:
+        if getattr(self, name) not in allowed:
+            raise ScratchLLMError(f"config field {name!r} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PretrainConfig(TrainSettings):
+    # model
+    model: str = "gpt-demo"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init: str = "gpt2"  # "gpt2": N(0, 0.02), residual projections scaled; "pytorch": torch's defaults, as the book
+    fused_loss: bool = True
+    # data (see data.pipeline.PrepareOptions)
+    data: str | None = None  # None = the Python standard library's source
+    tokenizer: str = "train"
+    vocab_size: int = 8192
+    pattern: str = "gpt4"
+    data_out: str | None = None
+    val_fraction: float = 0.1
+    seq_len: int | None = None  # default: the model's context length
+    sampling: str = "random"  # "random" windows anywhere, or "epochs": the book's fixed windows, reshuffled per epoch
+    # samples printed during training
+    out_dir: str = "runs/pretrain"
+    sample_every: int = 200
+    sample_prompt: str = "def "
+    sample_tokens: int = 64
+
+    what: ClassVar[str] = "pretrain config"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._at_least("sample_every", 1)
+        self._at_least("vocab_size", 1)
+        self._at_least("sample_tokens", 0)
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ScratchLLMError(f"config field 'seq_len' must be >= 2 (or null for the context), got {self.seq_len}")
+        self._one_of("init", ("gpt2", "pytorch"))
+        self._one_of("sampling", ("random", "epochs"))
         if not 0 <= self.val_fraction < 1:
             raise ScratchLLMError(f"config field 'val_fraction' must be in [0, 1), got {self.val_fraction}")
 

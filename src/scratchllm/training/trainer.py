@@ -1,86 +1,30 @@
-"""The pretraining loop (book ch. 5.2 and appendix D), with what a real run needs around it.
+"""Pretraining (book ch. 5.2 and appendix D) as a task of the shared training loop (`training/loop.py`).
 
-One optimizer step: draw a global batch of random windows from the training tokens (one seeded
-generator, identical on every process; each process takes its own rows), run `grad_accum` micro-batches
-forward and backward under autocast, clip the gradient norm, set the learning rate from the schedule,
-and step AdamW. Decisions:
-- Weight decay applies to matrices only, never to norms, biases or embeddings (they are not "weights"
-  whose size should shrink).
-- The data sampler's RNG and torch's RNG are saved in every checkpoint together with the step, so
-  `resume=True` continues bit for bit (on CPU) as if the run had never stopped.
-- Evaluation uses fixed, evenly spaced windows of each split; samples use their own seeded generator.
-  Neither touches the training RNGs.
-- Ctrl-C saves a checkpoint before leaving. Only rank 0 writes anything.
+The task: random windows of `seq_len + 1` tokens from the prepared training tokens (or the book's fixed
+windows reshuffled every epoch), the fused head + cross-entropy loss, and evaluation on fixed, evenly spaced
+windows of each split with a generated sample now and then (its own seeded generator: neither touches the
+training RNGs). `pretrain` prepares the data, builds a fresh model and hands both to `fit`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scratchllm.checkpoints.io import save_model
 from scratchllm.data.pipeline import options_from, prepare_data
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import claim_output_folder
-from scratchllm.hardware import resolve_dtype, utilisation
 from scratchllm.models import Transformer, get_config
 from scratchllm.models.stats import model_stats
 from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import PretrainConfig
-from scratchllm.training.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
+from scratchllm.training.distributed import barrier, init_distributed, shutdown
 from scratchllm.training.evaluate import perplexity, split_loss
+from scratchllm.training.loop import RunResult, Task, autocast_dtype, claim_run_dir, fit
 from scratchllm.training.loss import cross_entropy, lm_loss
-from scratchllm.training.schedule import lr_at
-from scratchllm.training.state import TrainState, list_checkpoints, resume_latest, save_checkpoint
-
-METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    state: TrainState
-    evals: list[dict] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
-
-
-class LossModule(torch.nn.Module):
-    """Model + loss in one forward, so DistributedDataParallel and torch.compile see the whole step."""
-
-    def __init__(self, model: Transformer, fused: bool = True):
-        super().__init__()
-        self.model = model
-        self.fused = fused
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return lm_loss(self.model, inputs, targets)
-        return cross_entropy(self.model(inputs), targets)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay for 2-D weight matrices, none for norms, biases and embeddings."""
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        is_embedding = name.startswith(("tok_emb", "pos_emb"))
-        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model, cfg: PretrainConfig, device: str) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
 def sample_batch(tokens: np.ndarray, n: int, seq_len: int, rng: torch.Generator) -> torch.Tensor:
@@ -110,37 +54,6 @@ def _windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> torch.Tenso
     return torch.from_numpy(np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64))
 
 
-class _Log:
-    """Appends JSON lines to metrics.jsonl (rank 0) and mirrors scalars to TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / METRICS_FILE
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step",):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
-
-
-def _autocast_dtype(cfg: PretrainConfig, device: str) -> torch.dtype | None:
-    dtype = resolve_dtype(cfg.dtype, device)
-    return None if dtype == torch.float32 else dtype
-
-
 def sample_text(model, tokenizer, prompt: str, n_tokens: int) -> str:
     from scratchllm.generation.generate import GenerationConfig, generate
 
@@ -158,6 +71,46 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int) -> str:
     return prompt + text
 
 
+class PretrainTask(Task):
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig, prepared, tokenizer, seq_len: int, amp: torch.dtype | None, flops: float):
+        self.cfg, self.tokenizer, self.seq_len, self.amp = cfg, tokenizer, seq_len, amp
+        self.train_tokens, self.val_tokens = prepared.train, prepared.val
+        self.has_val = len(self.val_tokens) > seq_len
+        self.flops_per_token = flops
+
+    def batch(self, step: int, rows: int, rng: torch.Generator) -> tuple[torch.Tensor]:
+        if self.cfg.sampling == "epochs":
+            return (epoch_batch(self.train_tokens, rows, self.seq_len, step, self.cfg.seed),)
+        return (sample_batch(self.train_tokens, rows, self.seq_len, rng),)
+
+    def loss(self, model, windows: torch.Tensor) -> torch.Tensor:
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        return lm_loss(model, inputs, targets) if self.cfg.fused_loss else cross_entropy(model(inputs), targets)
+
+    def tokens(self, batch) -> int:
+        return batch[0].shape[0] * (batch[0].shape[1] - 1)
+
+    def evaluate(self, model, step: int, final: bool, say) -> dict:
+        cfg = self.cfg
+
+        def loss_on(tokens) -> float:
+            return split_loss(model, tokens, self.seq_len, cfg.eval_batches, cfg.batch_size, self.amp)
+
+        record = {"train_loss": loss_on(self.train_tokens)}
+        val = "no val"
+        if self.has_val:
+            record["val_loss"] = loss_on(self.val_tokens)
+            record["val_perplexity"] = perplexity(record["val_loss"])
+            val = f"val loss {record['val_loss']:.3f} (perplexity {record['val_perplexity']:.1f})"
+        say(f"step {step:5d} | train loss {record['train_loss']:.3f} | {val}")
+        if final or step % cfg.sample_every == 0:
+            record["sample"] = sample_text(model, self.tokenizer, cfg.sample_prompt, cfg.sample_tokens)
+            say(f"--- sample at step {step} ---\n{record['sample']}\n---")
+        return record
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, on_step: Callable[[int], None] | None = None,
              overwrite: bool = False) -> RunResult:  # fmt: skip
     """Run (or resume) a pretraining run described by `cfg`; returns the run folder and metrics.
@@ -172,25 +125,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_step: Callable[[int],
         shutdown(dist)
 
 
-def _claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Check the run folder against the user's intent; True when an old run will be replaced."""
-    if resume:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ScratchLLMError(f"--out-dir {run_dir}: is a file, not a run folder")
-        if not list_checkpoints(run_dir):
-            raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
-        return False
-    try:
-        return claim_output_folder(run_dir, overwrite, "new run")
-    except ScratchLLMError as e:
-        if "not empty" not in str(e):
-            raise
-        raise ScratchLLMError(
-            f"--out-dir {run_dir} already holds files (a run?); pass --resume to continue it, --overwrite to "
-            "replace it, or choose another --out-dir"
-        ) from None
-
-
 def _check_tokens(prepared, tokenizer) -> None:
     """The token file, its tokenizer and (through it) the model's vocabulary must belong together."""
     meta = prepared.meta
@@ -203,10 +137,10 @@ def _check_tokens(prepared, tokenizer) -> None:
                               f"{tokenizer.vocab_size:,} ids; prepare the data again")  # fmt: skip
 
 
-def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwrite: bool = False) -> RunResult:
+def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist, overwrite: bool = False) -> RunResult:
     run_dir = Path(cfg.out_dir)
     main = dist.is_main
-    replacing = _claim_run_dir(run_dir, resume, overwrite) if main else False
+    replacing = claim_run_dir(run_dir, resume, overwrite) if main else False
     # Data: rank 0 prepares (or reuses) the token file, the others wait and then open it.
     opts = options_from(cfg)
     if main:
@@ -222,7 +156,6 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwr
     seq_len = cfg.seq_len or model_config.context_length
     if seq_len > model_config.context_length:
         raise ScratchLLMError(f"seq_len {seq_len} exceeds the model's context length {model_config.context_length}")
-    train_tokens, val_tokens = prepared.train, prepared.val
 
     device = dist.device
     torch.manual_seed(cfg.seed)
@@ -233,28 +166,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwr
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                 module.reset_parameters()
-    optimizer = make_optimizer(model, cfg, device)
-    sampler_rng = torch.Generator().manual_seed(cfg.seed)
-    state = TrainState()
-    if resume:
-        say = print if main else (lambda _: None)
-        state, folder = resume_latest(run_dir, model, optimizer, sampler_rng, say)
-        say(f"resumed from {folder} (step {state.step})")
-    train_model: torch.nn.Module = LossModule(model, cfg.fused_loss)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [dist.local_rank] if device != "cpu" else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    amp = _autocast_dtype(cfg, device)
-    device_type = torch.device(device).type
-    if device_type == "cpu":
-        from scratchllm.allocator import keep_freed_memory
-
-        keep_freed_memory()  # every step reallocates the same large tensors: reuse their pages
-
+    amp = autocast_dtype(cfg, device)
+    stats = model_stats(model_config, seq_len)
+    task = PretrainTask(cfg, prepared, tokenizer, seq_len, amp, stats.train_flops_per_token)
     if main:
         if replacing:
             shutil.rmtree(run_dir)
@@ -262,135 +176,14 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist: DistInfo, overwr
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         tokenizer.save(run_dir / OUR_FILE)
-    log = _Log(run_dir, main)
-    stats = model_stats(model_config, seq_len)
-    global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
-    tokens_per_step = global_batch * seq_len
-    if main:
+        global_rows = cfg.batch_size * cfg.grad_accum * dist.world_size
         print(
             f"model {model_config.name}: {stats.params / 1e6:.2f} M parameters, context {model_config.context_length}; "
             f"data {prepared.meta.n_train:,} train / {prepared.meta.n_val:,} val tokens; "
-            f"{global_batch} x {seq_len} tokens per step; {dist.world_size} process(es) on {device}, "
+            f"{global_rows} x {seq_len} tokens per step; {dist.world_size} process(es) on {device}, "
             f"{'autocast ' + str(amp).replace('torch.', '') if amp else 'fp32'}"
         )
-
-    result = RunResult(run_dir, state)
-    has_val = len(val_tokens) > seq_len
-    if main and not has_val:
-        print(f"note: no validation split ({len(val_tokens):,} validation tokens, fewer than seq_len + 1 = "
-              f"{seq_len + 1}; val_fraction {cfg.val_fraction}): validation loss is not measured")  # fmt: skip
-
-    def evaluate_and_sample(final: bool = False) -> None:
-        if not main:
-            return
-        record = {"kind": "eval", "step": state.step, "tokens_seen": state.tokens_seen}
-        record["train_loss"] = split_loss(model, train_tokens, seq_len, cfg.eval_batches, cfg.batch_size, amp)
-        if has_val:
-            record["val_loss"] = split_loss(model, val_tokens, seq_len, cfg.eval_batches, cfg.batch_size, amp)
-            record["val_perplexity"] = perplexity(record["val_loss"])
-        result.evals.append(record)
-        log.write(record)
-        val = f"val loss {record['val_loss']:.3f} (perplexity {record['val_perplexity']:.1f})" if has_val else "no val"
-        bar.write(f"step {state.step:5d} | train loss {record['train_loss']:.3f} | {val}")
-        if final or state.step % cfg.sample_every == 0:
-            text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens)
-            result.samples.append(text)
-            log.write({"kind": "sample", "step": state.step, "text": text})
-            bar.write(f"--- sample at step {state.step} ---\n{text}\n---")
-
-    def diverged(what: str) -> ScratchLLMError:
-        bar.close()
-        return ScratchLLMError(
-            f"training diverged: {what} at step {state.step}; stopped without saving these weights, {run_dir} keeps "
-            "the last good ones (continue from them with --resume); lower --lr or --grad-clip"
-        )
-
-    def checkpoint() -> None:
-        # A diverged update can leave NaN weights one step before the loss shows it: never save those.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise diverged("the weights hold NaN or infinity")
-        if main:
-            save_checkpoint(run_dir, model, optimizer, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
-            save_model(model, run_dir)  # the run folder's own weights: always the latest
-        barrier(dist)
-
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=cfg.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not (main and cfg.progress)
-    )
-    model.train()
-    window_start, window_tokens = time.perf_counter(), 0
-    try:
-        if state.step == 0:
-            evaluate_and_sample()
-        while state.step < cfg.max_steps:
-            lr = lr_at(state.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if cfg.sampling == "epochs":
-                batch = epoch_batch(train_tokens, global_batch, seq_len, state.step, cfg.seed)
-            else:
-                batch = sample_batch(train_tokens, global_batch, seq_len, sampler_rng)
-            rows = batch[dist.rank :: dist.world_size].to(device)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                part = rows[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-                sync = not dist.enabled or micro == cfg.grad_accum - 1
-                # Between micro-batches DDP need not average gradients; only the last one syncs.
-                with train_model.no_sync() if not sync else contextlib.nullcontext():
-                    with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
-                        loss = train_model(part[:, :-1], part[:, 1:])
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
-            train_loss = mean_across(loss_sum / cfg.grad_accum, dist).item()
-            if not math.isfinite(train_loss):
-                raise diverged(f"the training loss became {train_loss} (learning rate {lr:.3g})")
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                tps = window_tokens / elapsed
-                mfu = utilisation(tps * stats.train_flops_per_token, amp or torch.float32, device) if main else 0.0
-                log.write(
-                    {
-                        "kind": "train",
-                        "step": state.step,
-                        "tokens_seen": state.tokens_seen,
-                        "loss": train_loss,
-                        "lr": lr,
-                        "tokens_per_s": tps,
-                        "mfu": mfu,
-                    }
-                )
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:.0f}", mfu=f"{mfu:.0%}")
-                window_start, window_tokens = time.perf_counter(), 0
-            paused = time.perf_counter()
-            if state.step % cfg.eval_every == 0 and state.step < cfg.max_steps:
-                evaluate_and_sample()
-            if state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
-                checkpoint()
-            window_start += time.perf_counter() - paused  # tokens/s and MFU count training time only
-            if on_step is not None:
-                on_step(state.step)
-    except KeyboardInterrupt:
-        bar.close()
-        if main:
-            print(f"\ninterrupted at step {state.step}: saving a checkpoint (continue with --resume)")
-        checkpoint()
-        raise
-    bar.close()
-    evaluate_and_sample(final=True)
-    checkpoint()
-    if main:
-        from scratchllm.training.plot import plot_losses
-
-        if plot_losses(result.evals, run_dir / "loss.png") is None:
-            print(f"note: {run_dir / 'loss.png'} not written (matplotlib is not installed: pip install matplotlib)")
-    return result
+        if not task.has_val:
+            print(f"note: no validation split ({len(prepared.val):,} validation tokens, fewer than seq_len + 1 = "
+                  f"{seq_len + 1}; val_fraction {cfg.val_fraction}): validation loss is not measured")  # fmt: skip
+    return fit(model, task, cfg, run_dir, dist, resume, on_step)

@@ -1,0 +1,283 @@
+"""The training loop every task shares: pretraining (book ch. 5, appendix D), classification (ch. 6), ...
+
+A task plugs in by subclassing `Task`: it draws the global batch of a step, computes the loss of a
+micro-batch, and evaluates; `fit` does everything else, the same way for every task:
+- One optimizer step: the task's global batch (identical on every process; each takes its own rows) is
+  run as `grad_accum` micro-batches forward and backward under autocast; the gradient norm is clipped, the
+  learning rate set from the schedule (warm-up + cosine), and AdamW steps over the trainable parameters.
+- Weight decay applies to weight matrices only, never to norms, biases or embeddings (they are not
+  "weights" whose size should shrink). Frozen parameters (requires_grad False) get no optimizer state.
+- Checkpoints hold the model, optimizer state, torch's RNG and the task's sampler RNG, so `resume`
+  continues bit for bit (on CPU); they are atomic, damaged ones are skipped on resume, and weights that
+  became NaN are never saved. Ctrl-C saves a checkpoint before leaving. Only rank 0 writes anything.
+- Progress bar, metrics.jsonl (plus TensorBoard when installed), tokens/s and MFU (training time only),
+  and the loss plot at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from scratchllm.checkpoints.io import save_model
+from scratchllm.errors import ScratchLLMError
+from scratchllm.files import claim_output_folder
+from scratchllm.hardware import resolve_dtype, utilisation
+from scratchllm.training.config import TrainSettings
+from scratchllm.training.distributed import DistInfo, barrier, mean_across
+from scratchllm.training.schedule import lr_at
+from scratchllm.training.state import TrainState, list_checkpoints, resume_latest, save_checkpoint
+
+METRICS_FILE = "metrics.jsonl"
+Batch = tuple[torch.Tensor, ...]
+
+
+class Task:
+    """What a task gives the loop. Batches are tuples of tensors whose first dimension is the row."""
+
+    name = "train"  # the progress bar's label
+    flops_per_token = 0.0  # training FLOPs per token, for MFU (0: not reported)
+
+    def batch(self, step: int, rows: int, rng: torch.Generator) -> Batch:
+        """The global batch of optimizer step `step`: `rows` rows, drawn with `rng` (saved in checkpoints)."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one micro-batch (inside autocast; the only code DDP and torch.compile see)."""
+        raise NotImplementedError
+
+    def tokens(self, batch: Batch) -> int:
+        """Tokens a batch trains on, for tokens/s."""
+        return batch[0].numel()
+
+    def evaluate(self, model: torch.nn.Module, step: int, final: bool, say: Callable[[str], None]) -> dict:
+        """Metrics at `step` (at least `train_loss`; a `sample` text is logged apart), printing what a user sees."""
+        raise NotImplementedError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    state: TrainState
+    evals: list[dict] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+
+class LossModule(torch.nn.Module):
+    """Model + the task's loss in one forward, so DistributedDataParallel and torch.compile see the whole step."""
+
+    def __init__(self, model: torch.nn.Module, loss: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model, *batch)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay for trainable weight matrices, none for norms, biases and embedding tables."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainSettings) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ScratchLLMError("nothing to train: every parameter of the model is frozen")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+def autocast_dtype(cfg: TrainSettings, device: str) -> torch.dtype | None:
+    dtype = resolve_dtype(cfg.dtype, device)
+    return None if dtype == torch.float32 else dtype
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check the run folder against the user's intent; True when an old run will be replaced."""
+    if resume:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ScratchLLMError(f"--out-dir {run_dir}: is a file, not a run folder")
+        if not list_checkpoints(run_dir):
+            raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+        return False
+    try:
+        return claim_output_folder(run_dir, overwrite, "new run")
+    except ScratchLLMError as e:
+        if "not empty" not in str(e):
+            raise
+        raise ScratchLLMError(
+            f"--out-dir {run_dir} already holds files (a run?); pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out-dir"
+        ) from None
+
+
+class _Log:
+    """Appends JSON lines to metrics.jsonl (rank 0) and mirrors scalars to TensorBoard when installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRICS_FILE
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+
+def _rows(batch: Batch, sl: slice) -> Batch:
+    return tuple(t[sl] for t in batch)
+
+
+def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, dist: DistInfo, resume: bool = False,
+        on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
+    """Train `model` (its trainable parameters) on `task` as `cfg` says, writing checkpoints into `run_dir`."""
+    main, device = dist.is_main, dist.device
+    optimizer = make_optimizer(model, cfg)
+    sampler_rng = torch.Generator().manual_seed(cfg.seed)
+    state = TrainState()
+    say = print if main else (lambda _: None)
+    if resume:
+        state, folder = resume_latest(run_dir, model, optimizer, sampler_rng, say)
+        say(f"resumed from {folder} (step {state.step})")
+    train_model: torch.nn.Module = LossModule(model, task.loss)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(train_model, device_ids=[dist.local_rank] if device != "cpu" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    amp = autocast_dtype(cfg, device)
+    device_type = torch.device(device).type
+    if device_type == "cpu":
+        from scratchllm.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every step reallocates the same large tensors: reuse their pages
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log = _Log(run_dir, main)
+    global_rows = cfg.batch_size * cfg.grad_accum * dist.world_size
+    result = RunResult(run_dir, state)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=task.name, unit="step",
+               disable=not (main and cfg.progress))  # fmt: skip
+
+    def evaluate(final: bool = False) -> None:
+        if main:
+            record = {"kind": "eval", "step": state.step, "tokens_seen": state.tokens_seen}
+            record.update(task.evaluate(model, state.step, final, bar.write))
+            sample = record.pop("sample", None)  # generated text goes in a record of its own
+            result.evals.append(record)
+            log.write(record)
+            if sample is not None:
+                result.samples.append(sample)
+                log.write({"kind": "sample", "step": state.step, "text": sample})
+
+    def diverged(what: str) -> ScratchLLMError:
+        bar.close()
+        return ScratchLLMError(
+            f"training diverged: {what} at step {state.step}; stopped without saving these weights, {run_dir} keeps "
+            "the last good ones (continue from them with --resume); lower --lr or --grad-clip"
+        )
+
+    def checkpoint() -> None:
+        # A diverged update can leave NaN weights one step before the loss shows it: never save those.
+        if not all(bool(torch.isfinite(p).all()) for p in trainable):
+            raise diverged("the weights hold NaN or infinity")
+        if main:
+            save_checkpoint(run_dir, model, optimizer, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
+            save_model(model, run_dir)  # the run folder's own weights: always the latest
+        barrier(dist)
+
+    model.train()
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        if state.step == 0:
+            evaluate()
+        while state.step < cfg.max_steps:
+            lr = lr_at(state.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = task.batch(state.step, global_rows, sampler_rng)
+            step_tokens = task.tokens(batch)
+            rows = tuple(t.to(device) for t in _rows(batch, slice(dist.rank, None, dist.world_size)))
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                part = _rows(rows, slice(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
+                sync = not dist.enabled or micro == cfg.grad_accum - 1
+                # Between micro-batches DDP need not average gradients; only the last one syncs.
+                with train_model.no_sync() if not sync else contextlib.nullcontext():
+                    with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+                        loss = train_model(*part)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += step_tokens
+            window_tokens += step_tokens
+            train_loss = mean_across(loss_sum / cfg.grad_accum, dist).item()
+            if not math.isfinite(train_loss):
+                raise diverged(f"the training loss became {train_loss} (learning rate {lr:.3g})")
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                tps = window_tokens / (time.perf_counter() - window_start)
+                record = {"kind": "train", "step": state.step, "tokens_seen": state.tokens_seen, "loss": train_loss,
+                          "lr": lr, "tokens_per_s": tps}  # fmt: skip
+                if main and task.flops_per_token:
+                    record["mfu"] = utilisation(tps * task.flops_per_token, amp or torch.float32, device)
+                log.write(record)
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:.0f}",
+                                **({"mfu": f"{record['mfu']:.0%}"} if "mfu" in record else {}))  # fmt: skip
+                window_start, window_tokens = time.perf_counter(), 0
+            paused = time.perf_counter()
+            if state.step % cfg.eval_every == 0 and state.step < cfg.max_steps:
+                evaluate()
+            if state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
+                checkpoint()
+            window_start += time.perf_counter() - paused  # tokens/s and MFU count training time only
+            if on_step is not None:
+                on_step(state.step)
+    except KeyboardInterrupt:
+        bar.close()
+        say(f"\ninterrupted at step {state.step}: saving a checkpoint (continue with --resume)")
+        checkpoint()
+        raise
+    bar.close()
+    evaluate(final=True)
+    checkpoint()
+    if main:
+        from scratchllm.training.plot import plot_losses
+
+        if plot_losses(result.evals, run_dir / "loss.png") is None:
+            print(f"note: {run_dir / 'loss.png'} not written (matplotlib is not installed: pip install matplotlib)")
+    return result
