@@ -83,13 +83,29 @@ def tensor_bytes(path: str | Path, dtype: torch.dtype | None = None) -> int:
     return total
 
 
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict names that are the same tensor as an earlier name (a tied head): alias -> first name.
+
+    Files store a shared tensor once (safetensors refuses aliases); readers fill the aliases back from this,
+    whatever the model calls its head (`out_head`, `backbone.out_head`, ...).
+    """
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
 def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Raise a one-line error naming the first missing, unexpected or wrongly shaped tensor."""
     expected = model.state_dict()
-    tied = getattr(model.config, "tie_embeddings", False)
+    aliases = tied_aliases(model)
     for name, t in expected.items():
         if name not in tensors:
-            if tied and name == "out_head.weight":
+            if name in aliases:
                 continue
             raise ScratchLLMError(f"{where}: missing tensor {name!r} (shape {tuple(t.shape)})")
         if tensors[name].shape != t.shape:

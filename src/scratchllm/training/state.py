@@ -27,6 +27,7 @@ from scratchllm.checkpoints.io import (
     read_model_config,
     save_model,
     save_tensors,
+    tied_aliases,
 )
 from scratchllm.errors import ScratchLLMError
 
@@ -123,8 +124,8 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
             f"{diff}={getattr(model.config, diff)!r}; use the run's own config or a new --out-dir"
         )
     check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
-    if model.config.tie_embeddings:
-        tensors.setdefault("out_head.weight", tensors["tok_emb.weight"])
+    for alias, name in tied_aliases(model).items():
+        tensors.setdefault(alias, tensors[name])
     try:
         optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
     except (KeyError, ValueError, TypeError) as e:
