@@ -11,20 +11,13 @@ Settings come from --config FILE.yaml and every field can be overridden by its f
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
-
-_TYPES = {"int": int, "float": float, "str": str}
-
-
-def _flag_type(annotation: str):
-    base = annotation.replace(" | None", "").strip()
-    if base == "bool":
-        return "bool"
-    return _TYPES.get(base, str)
 
 
 def register(sub) -> None:
+    import dataclasses
+    import typing
+
+    from scratchllm.cli.flags import add_config_flags
     from scratchllm.models.config import ModelConfig
     from scratchllm.training.config import PretrainConfig
 
@@ -34,17 +27,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty --out-dir (or --data-out holding other files) with the new run")
-    defaults = PretrainConfig()
-    for f in dataclasses.fields(PretrainConfig):
-        if f.name == "model_overrides":
-            continue
-        kind = _flag_type(str(f.type))
-        flag = "--" + f.name.replace("_", "-")
-        if kind == "bool":
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"(default {getattr(defaults, f.name)})")  # fmt: skip
-        else:
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {getattr(defaults, f.name)})")
+    add_config_flags(p, PretrainConfig, skip=("model_overrides",))
     hints = typing.get_type_hints(ModelConfig)
     for f in dataclasses.fields(ModelConfig):
         if not f.init or f.name in ("name", "vocab_size", "rope_scaling"):
@@ -66,12 +49,12 @@ def _parse_bool(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scratchllm.cli.flags import config_overrides
     from scratchllm.training.config import build_config
     from scratchllm.training.trainer import pretrain
 
     values = vars(args)
-    actions = ("config", "resume", "overwrite", "handler", "verb", "debug")
-    overrides = {k: v for k, v in values.items() if k not in actions and "__" not in k}
+    overrides = config_overrides(args)
     model_overrides = {k.split("__", 1)[1]: v for k, v in values.items() if k.startswith("model__") and v is not None}
     config_file = args.config
     if args.resume and config_file is None:

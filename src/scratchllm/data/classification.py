@@ -31,6 +31,27 @@ SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collectio
 NAMED = {"sms-spam": {"label": "0", "text": "1", "format": "tsv"}}
 
 
+def named_dataset(name: str) -> Path:
+    """The file of a named dataset, downloaded once into the cache (`sms-spam`: the UCI archive)."""
+    import zipfile
+
+    from scratchllm.files import atomic_write
+    from scratchllm.hub import cache_dir, download_file
+
+    if name != "sms-spam":
+        raise ScratchLLMError(f"unknown dataset {name!r} (named datasets: {', '.join(NAMED)})")
+    target = cache_dir() / "datasets" / name / "SMSSpamCollection.tsv"
+    if not target.exists():
+        archive = download_file(SMS_SPAM_URL, target.with_name("sms_spam_collection.zip"))
+        try:
+            with zipfile.ZipFile(archive) as z:
+                data = z.read("SMSSpamCollection")
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise ScratchLLMError(f"{archive}: not the SMS Spam archive ({e}); delete it and retry") from None
+        atomic_write(target, lambda tmp: tmp.write_bytes(data))
+    return target
+
+
 @dataclass
 class Labelled:
     texts: list[str]
@@ -60,19 +81,18 @@ def _column(row: list[str], key: str, header: list[str] | None, path: Path, line
     return row[index]
 
 
-def read_labelled(path: str | Path, text: str = "text", label: str = "label", fmt: str | None = None) -> Labelled:
-    """(text, label) records from a CSV/TSV (header row, or numeric columns for headerless files) or JSONL."""
-    path = Path(path)
+def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[list[str]]:
+    """The values of `keys` in every record of a CSV/TSV (header row, or numeric columns) or JSONL file."""
     fmt = fmt or {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
     if fmt is None:
-        raise ScratchLLMError(f"{path}: unknown format; expected .csv, .tsv or .jsonl (or give the format)")
+        raise ScratchLLMError(f"{path}: unknown format; expected .csv, .tsv or .jsonl")
     try:
         raw = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ScratchLLMError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise ScratchLLMError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    pairs: list[tuple[str, str]] = []
+    out: list[list[str]] = []
     if fmt == "jsonl":
         for lineno, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
@@ -81,19 +101,31 @@ def read_labelled(path: str | Path, text: str = "text", label: str = "label", fm
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ScratchLLMError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            for key in (text, label):
+            for key in keys:
                 if not isinstance(record, dict) or key not in record:
                     raise ScratchLLMError(f"{path}:{lineno}: record has no field {key!r}")
-            if not isinstance(record[text], str):
-                raise ScratchLLMError(f"{path}:{lineno}: field {text!r} should be a string")
-            pairs.append((record[text], str(record[label])))
-    else:
-        rows = list(csv.reader(raw.splitlines(), delimiter="\t" if fmt == "tsv" else ","))
-        numeric = text.isdigit() and label.isdigit()
-        header = None if numeric else (rows.pop(0) if rows else None)
-        for lineno, row in enumerate(rows, 1 if numeric else 2):
-            if row:
-                pairs.append((_column(row, text, header, path, lineno), _column(row, label, header, path, lineno)))
+            if not isinstance(record[keys[0]], str):
+                raise ScratchLLMError(f"{path}:{lineno}: field {keys[0]!r} should be a string")
+            out.append([str(record[k]) for k in keys])
+        return out
+    rows = list(csv.reader(raw.splitlines(), delimiter="\t" if fmt == "tsv" else ","))
+    numeric = all(k.isdigit() for k in keys)
+    header = None if numeric else (rows.pop(0) if rows else None)
+    for lineno, row in enumerate(rows, 1 if numeric else 2):
+        if row:
+            out.append([_column(row, k, header, path, lineno) for k in keys])
+    return out
+
+
+def read_texts(path: str | Path, text: str = "text") -> list[str]:
+    """The texts of a CSV/TSV/JSONL file (for `scratchllm classify --file`)."""
+    return [t for (t,) in _read_fields(Path(path), [text])]
+
+
+def read_labelled(path: str | Path, text: str = "text", label: str = "label", fmt: str | None = None) -> Labelled:
+    """(text, label) records from a CSV/TSV (header row, or numeric columns for headerless files) or JSONL."""
+    path = Path(path)
+    pairs = _read_fields(path, [text, label], fmt)
     if not pairs:
         raise ScratchLLMError(f"{path}: no records")
     names = sorted({lab for _, lab in pairs})

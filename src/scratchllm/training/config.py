@@ -2,7 +2,8 @@
 
 `TrainSettings` holds what the shared loop (`training/loop.py`) needs for any task: optimisation,
 monitoring and the run folder. Each task's config extends it with its own fields: `PretrainConfig` adds the
-model, the corpus and sampling. A YAML file holds the same keys (see configs/*.yaml); `model` is a preset
+model, the corpus and sampling; `ClassifyConfig` the starting checkpoint, the labelled data and its split,
+the trainable part and the pooling. A YAML file holds the same keys (see configs/*.yaml); `model` is a preset
 name or a config file, and `model_overrides` changes single model fields (`--model-n-layers 4` on the
 command line). The resolved config (after file and flags) is saved in the run folder as `config.yaml`.
 """
@@ -63,6 +64,15 @@ class TrainSettings:
         for name in ("weight_decay", "grad_clip", "warmup_steps"):
             self._at_least(name, 0)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
     def _at_least(self, name: str, low: int) -> None:
         if getattr(self, name) < low:
             raise ScratchLLMError(f"config field {name!r} must be >= {low}, got {getattr(self, name)}")
@@ -108,22 +118,50 @@ class PretrainConfig(TrainSettings):
         if not 0 <= self.val_fraction < 1:
             raise ScratchLLMError(f"config field 'val_fraction' must be in [0, 1), got {self.val_fraction}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+@dataclass
+class ClassifyConfig(TrainSettings):
+    checkpoint: str = "gpt2"  # what to start from: run folder, HF/Meta folder, hub name, or a preset (random)
+    tokenizer: str | None = None  # default: the checkpoint's (GPT-2's for a preset)
+    data: str = "sms-spam"  # a CSV/TSV/JSONL file, or a named dataset
+    text_column: str = "text"  # a header name / JSONL key, or a 0-based column number for headerless files
+    label_column: str = "label"
+    balance: bool = True  # undersample every class to the smallest
+    train_fraction: float = 0.7
+    val_fraction: float = 0.1  # the rest is the test split
+    split_seed: int = 123
+    trainable: str = "last-block"  # head, last-block (+ final norm), last-two-blocks, all
+    pooling: str = "last"  # last, last-non-pad, first, mean
+    epochs: int | None = 5  # sets max_steps from the training split's size; null to use max_steps
+    max_length: int | None = None  # default: the longest training text, at most the context
+    # the book's settings
+    lr: float = 5e-5
+    min_lr: float = 5e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    dtype: str = "fp32"
+    eval_every: int = 50
+    eval_batches: int = 5
+    out_dir: str = "runs/classify"
+
+    what: ClassVar[str] = "classification config"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._one_of("pooling", ("last", "last-non-pad", "first", "mean"))
+        self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all"))
+        if self.epochs is not None:
+            self._at_least("epochs", 1)
 
 
-def load_pretrain_config(path: str | Path) -> dict[str, Any]:
+def load_config_file(path: str | Path, cls: type = None) -> dict[str, Any]:
+    """The fields of a YAML config file, checked against the fields of `cls` (default PretrainConfig)."""
     import yaml
 
+    known = [f.name for f in dataclasses.fields(cls or PretrainConfig)]
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -133,9 +171,9 @@ def load_pretrain_config(path: str | Path) -> dict[str, Any]:
         raise ScratchLLMError(f"{path}: malformed YAML ({e})") from None
     if not isinstance(data, dict):
         raise ScratchLLMError(f"{path}: expected a mapping of config fields")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ScratchLLMError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        raise ScratchLLMError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(known)})")
     return data
 
 
@@ -144,27 +182,29 @@ GPU_DEFAULTS = {"batch_size": 32, "max_steps": 2000, "eval_every": 200, "sample_
                 "model_overrides": {"emb_dim": 512, "n_layers": 8, "n_heads": 8, "context_length": 512}}  # fmt: skip
 
 
-def build_config(file: str | Path | None = None, **overrides: Any) -> PretrainConfig:
-    """File values, then non-None `overrides` (flags) on top."""
-    values: dict[str, Any] = load_pretrain_config(file) if file else {}
-    if file is None and _cuda_available():
+def build_config(file: str | Path | None = None, cls: type | None = None, **overrides: Any) -> TrainSettings:
+    """A `cls` config (default PretrainConfig): file values, then non-None `overrides` (flags) on top."""
+    cls = cls or PretrainConfig
+    values: dict[str, Any] = load_config_file(file, cls) if file else {}
+    if cls is PretrainConfig and file is None and _cuda_available():
         for key, value in GPU_DEFAULTS.items():
             if key == "model_overrides":
                 values[key] = dict(value)  # the user's --model-* flags are applied on top below
             elif overrides.get(key) is None:
                 values[key] = value
-    model_overrides = dict(values.get("model_overrides") or {})
-    model_overrides.update(overrides.pop("model_overrides", None) or {})
+    model_overrides = overrides.pop("model_overrides", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values["model_overrides"] = model_overrides
+    if model_overrides is not None:
+        values["model_overrides"] = {**(values.get("model_overrides") or {}), **model_overrides}
     try:
-        config = PretrainConfig(**values)
-        from scratchllm.models.config import get_config
+        config = cls(**values)
+        if isinstance(config, PretrainConfig):
+            from scratchllm.models.config import get_config
 
-        get_config(config.model, **config.model_overrides)  # a bad model or override fails now, not after the data
+            get_config(config.model, **config.model_overrides)  # a bad model fails now, not after the data
         return config
     except TypeError as e:
-        raise ScratchLLMError(f"pretrain config: {e}") from None
+        raise ScratchLLMError(f"{cls.what}: {e}") from None
     except ScratchLLMError as e:
         # Name the file when the bad value came from it rather than from a flag.
         field = re.search(r"field '(\w+)'", str(e))

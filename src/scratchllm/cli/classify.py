@@ -1,0 +1,66 @@
+"""`scratchllm classify --checkpoint RUN TEXT...`: label texts with a fine-tuned classifier.
+
+Texts come from the arguments, or from --file: a text file (one text per line) or a CSV/TSV/JSONL file with
+a text column (--text-column). Prints the label and its probability per text, or one JSON object per line
+with --json (every class's probability).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("classify", help="label texts with a classifier from `finetune classify`",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="a `finetune classify` run folder")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--file", default=None, help="a .txt file (one text per line) or a CSV/TSV/JSONL file")
+    p.add_argument("--text-column", default="text", help="column name (or 0-based number) for CSV/TSV/JSONL")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.set_defaults(handler=run)
+
+
+def _texts(args) -> list[str]:
+    from pathlib import Path
+
+    from scratchllm.errors import ScratchLLMError
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+            from scratchllm.data.classification import read_texts
+
+            texts += read_texts(path, args.text_column)
+        else:
+            try:
+                texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise ScratchLLMError(f"{path}: cannot read as UTF-8 text ({e})") from None
+    if not texts:
+        raise ScratchLLMError("no text to classify: give texts as arguments or --file")
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from scratchllm.training.classify import load_classifier
+
+    texts = _texts(args)
+    model, tokenizer, info = load_classifier(args.checkpoint)
+    limit = model.config.context_length
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer.encode(text)[:limit] or [info["pad_id"]]
+            probs = model(torch.tensor([ids])).float().softmax(-1)[0]
+            best = int(probs.argmax())
+            if args.json:
+                print(json.dumps({"text": text, "label": info["labels"][best],
+                                  "probabilities": dict(zip(info["labels"], probs.tolist()))}))  # fmt: skip
+            else:
+                print(f"{info['labels'][best]}\t{probs[best]:.3f}\t{text}")
+    return 0

@@ -1,0 +1,34 @@
+"""Every field of a config dataclass as a command-line flag (`lr` -> `--lr`, `out_dir` -> `--out-dir`).
+
+Flags default to None, meaning "not given", so a config file's value stays unless a flag overrides it;
+the dataclass itself checks types and ranges (`errors.check_fields`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+ACTIONS = ("config", "resume", "overwrite", "handler", "verb", "debug", "action")  # arguments that are not fields
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    defaults = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        flag = "--" + f.name.replace("_", "-")
+        default = f"(default {getattr(defaults, f.name)})"
+        if base is bool:
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=default)
+        else:
+            p.add_argument(flag, dest=f.name, type=base if base in (int, float) else str, default=None, help=default)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The field flags of a parsed command line (model overrides and actions left out)."""
+    return {k: v for k, v in vars(args).items() if k not in ACTIONS and "__" not in k}
