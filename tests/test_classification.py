@@ -1,0 +1,173 @@
+"""Classification fine-tuning (book ch. 6): the book's split, pooling, parity with transformers, training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scratchllm.cli.main import main
+from scratchllm.data.classification import balance, encode, read_labelled, split
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models import build_model
+from scratchllm.models.classifier import SequenceClassifier, set_trainable
+from scratchllm.tokenizers import load_tokenizer
+
+from .conftest import shared_file
+
+SPAM = "sms_spam_collection/SMSSpamCollection.tsv"
+
+
+def test_the_books_sms_spam_split():
+    data = read_labelled(shared_file(SPAM), text="1", label="0")
+    assert len(data) == 5572 and data.counts() == {"ham": 4825, "spam": 747} and data.names == ["ham", "spam"]
+    balanced = balance(data, seed=123)
+    assert balanced.counts() == {"ham": 747, "spam": 747}
+    train, val, test = split(balanced, 0.7, 0.1, seed=123)
+    assert (len(train), len(val), len(test)) == (1045, 149, 300)
+    encoded = encode(train, load_tokenizer("gpt2"), pad_id=50256)
+    assert encoded.ids.shape == (1045, 120) and encoded.truncated == 0  # the book's longest training message
+    assert (encoded.ids[:, -1] == 50256).sum() > 1000  # right-padded with <|endoftext|>
+    test_ids = encode(test, load_tokenizer("gpt2"), 50256, length=120)
+    assert test_ids.ids.shape == (300, 120)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    torch.manual_seed(0)
+    return build_model("gpt-tiny").eval()
+
+
+def test_last_non_pad_pooling_ignores_right_padding_and_finds_the_last_token(tiny_classifier):
+    text = torch.randint(1, 500, (1, 9), generator=torch.Generator().manual_seed(1))
+    pad = 0
+
+    def padded(n: int) -> torch.Tensor:
+        return torch.cat([text, torch.full((1, n), pad)], dim=1)
+
+    clf = {p: SequenceClassifier(tiny_classifier, 2, p, pad_id=pad).eval() for p in ("last", "last-non-pad", "mean")}
+    with torch.no_grad():
+        for pooling in ("last-non-pad", "mean"):
+            torch.testing.assert_close(clf[pooling](padded(3)), clf[pooling](padded(20)), atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(clf["last"](padded(3)), clf["last"](padded(20)))  # the book's pooling reads a pad
+        hidden = tiny_classifier.hidden(padded(5))
+        left = torch.cat([torch.full((1, 4), pad), text], dim=1)
+        # Under left padding the last real token is the last position; under right padding it is position 8.
+        assert torch.equal(clf["last-non-pad"].pool(hidden, padded(5)), hidden[:, 8])
+        hidden_left = tiny_classifier.hidden(left)
+        assert torch.equal(clf["last-non-pad"].pool(hidden_left, left), hidden_left[:, -1])
+
+
+def test_logits_equal_transformers_gpt2_for_sequence_classification():
+    transformers = pytest.importorskip("transformers")
+    from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
+    from scratchllm.models import Transformer
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=300, num_labels=3,
+                                  pad_token_id=0, initializer_range=0.2)  # fmt: skip
+    hf = transformers.GPT2ForSequenceClassification(cfg).eval()
+    sd = {k: v for k, v in hf.state_dict().items() if k != "score.weight"}
+    config = config_from_hf(hf.config.to_dict())
+    backbone = Transformer(config)
+    backbone.load_state_dict(state_dict_from_hf(sd, config))
+    ours = SequenceClassifier(backbone, 3, "last-non-pad", pad_id=0).eval()
+    with torch.no_grad():
+        ours.head.weight.copy_(hf.score.weight)
+        ours.head.bias.zero_()  # transformers' score layer has no bias
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 300, (4, 20), generator=g)
+    for row, n in enumerate((20, 14, 7, 1)):
+        ids[row, n:] = 0  # right padding of different lengths
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=(ids != 0).long()).logits
+        got = ours(ids)
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_trainable_parts():
+    torch.manual_seed(0)
+    model = SequenceClassifier(build_model("gpt-tiny", n_layers=3), 2)
+    counts = {}
+    for which in ("head", "last-block", "last-two-blocks", "all"):
+        set_trainable(model, which)
+        counts[which] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    block = sum(p.numel() for p in model.backbone.blocks[0].parameters())
+    norm = sum(p.numel() for p in model.backbone.final_norm.parameters())
+    assert counts["head"] == 64 * 2 + 2
+    assert counts["last-block"] == counts["head"] + block + norm  # the book: last block + final norm + head
+    assert counts["last-two-blocks"] == counts["last-block"] + block
+    assert counts["all"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ScratchLLMError, match="trainable 'middle'"):
+        set_trainable(model, "middle")
+
+
+def _finetune_args(tmp_path, *extra: str) -> list[str]:
+    return ["finetune", "classify", "--checkpoint", "gpt-tiny", "--data", str(shared_file(SPAM)),
+            "--text-column", "1", "--label-column", "0", "--trainable", "all", "--pooling", "last-non-pad",
+            "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "10", "--max-length", "64", "--eval-every", "50",
+            "--out-dir", str(tmp_path / "run"), "--no-progress", *extra]  # fmt: skip
+
+
+def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys):
+    """A randomly initialised gpt-tiny (GPT-2 vocabulary) on the book's split: >= 90% test accuracy."""
+    assert main(_finetune_args(tmp_path, "--epochs", "3")) == 0
+    out = capsys.readouterr().out
+    assert "data 1,045 / 149 / 300 texts" in out and "padded to 64 tokens" in out
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    report = final["test"]
+    assert report["accuracy"] >= 0.90, report
+    assert sum(map(sum, report["confusion"])) == 300 and set(report["classes"]) == {"ham", "spam"}
+    assert final["train_loss"] < records[0]["train_loss"]
+    assert main(["classify", "--checkpoint", str(run), "--json", "WINNER!! Claim your free prize now, call 09061",
+                 "See you at lunch tomorrow?"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["label"] for x in lines] == ["spam", "ham"]
+    assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-5 for x in lines)
+
+
+def test_classification_resume_is_exact(tmp_path):
+    from scratchllm.training.classify import finetune_classifier
+    from scratchllm.training.config import ClassifyConfig
+    from scratchllm.training.state import list_checkpoints
+
+    def cfg(out):
+        return ClassifyConfig(checkpoint="gpt-tiny", data=str(shared_file(SPAM)), text_column="1", label_column="0",
+                              trainable="last-block", epochs=None, max_steps=6, save_every=3, eval_every=3,
+                              eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
+                              progress=False)  # fmt: skip
+
+    finetune_classifier(cfg(tmp_path / "full"))
+
+    def interrupt(step):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune_classifier(cfg(tmp_path / "cut"), on_step=interrupt)
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "step-000004"
+    resumed = finetune_classifier(cfg(tmp_path / "cut"), resume=True)
+    assert resumed.state.step == 6
+    from scratchllm.checkpoints.io import load_tensors
+
+    a, b = load_tensors(tmp_path / "full" / "model.safetensors"), load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("content,args,fragment", [
+    ("text,label\nhello,a\n", [], "single class 'a'"),
+    ("text,label\n", [], "no records"),
+    ("words,label\nhello,a\nbye,b\n", [], "no column 'text'"),
+    ('{"text": "hi"}\n', [], ":1: record has no field 'label'"),
+])  # fmt: skip
+def test_bad_labelled_files(tmp_path, capsys, content, args, fragment):
+    path = tmp_path / ("data.jsonl" if content.startswith("{") else "data.csv")
+    path.write_text(content)
+    assert main(["finetune", "classify", "--checkpoint", "gpt-tiny", "--data", str(path),
+                 "--out-dir", str(tmp_path / "run"), *args]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and str(path) in err
+    assert not (tmp_path / "run").exists()
