@@ -171,3 +171,47 @@ def test_bad_labelled_files(tmp_path, capsys, content, args, fragment):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err and str(path) in err
     assert not (tmp_path / "run").exists()
+
+
+def test_tied_backbone_trains_with_adam():
+    """A tied GPT-2 backbone without its LM head: the embedding's gradient must be dense for AdamW."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(build_model("gpt-tiny", tie_embeddings=True), 2, "last")
+    ids = torch.randint(0, 512, (2, 10))
+    torch.nn.functional.cross_entropy(model(ids), torch.tensor([0, 1])).backward()
+    assert not model.backbone.tok_emb.weight.grad.is_sparse
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    opt.step()
+
+
+def test_book_recipe_config_is_the_books_settings():
+    """configs/classify-sms-book.yaml (needs the internet to run) parses into the book's recipe."""
+    from pathlib import Path
+
+    from scratchllm.training.config import ClassifyConfig, build_config
+
+    cfg = build_config(Path(__file__).parents[1] / "configs" / "classify-sms-book.yaml", ClassifyConfig)
+    assert (cfg.checkpoint, cfg.data, cfg.trainable, cfg.pooling) == ("gpt2", "sms-spam", "last-block", "last")
+    assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (5e-5, 5e-5, 0.1, 8, 5)
+    assert (cfg.train_fraction, cfg.val_fraction, cfg.split_seed, cfg.balance) == (0.7, 0.1, 123, True)
+
+
+def test_named_dataset_is_unpacked_from_its_archive_in_the_cache(tmp_path, monkeypatch):
+    """`--data sms-spam` downloads the UCI zip once; here the zip is already in the cache (offline)."""
+    import zipfile
+
+    from scratchllm.data.classification import named_dataset
+
+    monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
+    folder = tmp_path / "datasets" / "sms-spam"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "sms_spam_collection.zip", "w") as z:
+        z.write(shared_file(SPAM), "SMSSpamCollection")
+        z.writestr("readme", "the UCI readme")
+    path = named_dataset("sms-spam")
+    assert path.read_bytes() == shared_file(SPAM).read_bytes()
+    from scratchllm.training.classify import load_splits
+    from scratchllm.training.config import ClassifyConfig
+
+    train, val, test = load_splits(ClassifyConfig(data="sms-spam"))
+    assert (len(train), len(val), len(test)) == (1045, 149, 300)

@@ -50,7 +50,7 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Class logits (batch, num_classes) for right- or left-padded token ids (batch, T)."""
-        return self.head(self.pool(self.backbone.hidden(idx), idx))
+        return self.head(self.pool(self.backbone.hidden(idx, head_follows=False), idx))
 
 
 def set_trainable(model: SequenceClassifier, which: str) -> None:

@@ -111,10 +111,13 @@ class Transformer(nn.Module):
         start: int | None = None,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
+        head_follows: bool = True,
     ) -> torch.Tensor:
         """Final-normalised hidden states (batch, T, emb_dim): everything but the output head.
 
         Training feeds these to a fused head + cross-entropy (`training.loss`) that never holds all logits.
+        `head_follows=False` tells a tied model that its head will not add a dense gradient to the embedding
+        (a classifier on top), so the embedding's own gradient must be dense.
         """
         batch, T = idx.shape
         offset = start or 0
@@ -126,7 +129,7 @@ class Transformer(nn.Module):
             raise ScratchLLMError(f"position {last} is beyond the model's context length {self.config.context_length}")
         if positions is None:
             positions = torch.arange(offset, offset + T, device=idx.device)
-        x = self._embed_tokens(idx)
+        x = self._embed_tokens(idx, head_follows)
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
@@ -144,14 +147,15 @@ class Transformer(nn.Module):
             x = block(x, rope, start, mask)
         return self.final_norm(x)
 
-    def _embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+    def _embed_tokens(self, idx: torch.Tensor, head_follows: bool = True) -> torch.Tensor:
         # With a tied head, the weight's gradient is already a dense (vocab, d) matrix from the head's
         # product; a sparse embedding gradient is then added into the rows in use only, instead of
         # materialising and adding a second dense (vocab, d) gradient (~0.3 s per step for GPT-2 on CPU).
         # torch.compile cannot trace sparse tensors, so a compiled step keeps the dense gradient.
         weight = self.tok_emb.weight
         sparse = (
-            weight.requires_grad
+            head_follows
+            and weight.requires_grad
             and torch.is_grad_enabled()
             and getattr(self.out_head, "weight", None) is weight
             and not torch.compiler.is_compiling()
