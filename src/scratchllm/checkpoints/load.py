@@ -130,6 +130,8 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             message = f"--checkpoint {spec}: no such local folder, and as hub repository {repo!r}: {e}"
             raise ScratchLLMError(message) from None
     if path.is_dir():
+        if (path / "classifier.json").exists():
+            raise ScratchLLMError(f"{path}: a classifier run folder (finetune classify); use `scratchllm classify`")
         if (path / CONFIG_FILE).exists():
             loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
         elif (path / "config.json").exists():
