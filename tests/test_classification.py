@@ -33,10 +33,10 @@ def test_the_books_sms_spam_split():
     assert test_ids.ids.shape == (300, 120)
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier():
+@pytest.fixture(scope="module", params=["gpt-tiny", "llama-tiny"])
+def tiny_classifier(request):
     torch.manual_seed(0)
-    return build_model("gpt-tiny").eval()
+    return build_model(request.param).eval()
 
 
 def test_last_non_pad_pooling_ignores_right_padding_and_finds_the_last_token(tiny_classifier):
@@ -128,6 +128,16 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [x["label"] for x in lines] == ["spam", "ham"]
     assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-5 for x in lines)
+    spam = "WINNER!! Claim your free prize now, call 09061"
+    (tmp_path / "texts.txt").write_text(f"{spam}\n\nSee you at lunch tomorrow?\n")
+    (tmp_path / "texts.csv").write_text(f'id,message\n1,"{spam}"\n')
+    assert main(["classify", "--checkpoint", str(run), "--file", str(tmp_path / "texts.txt")]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["spam", "ham"]
+    assert main(["classify", "--checkpoint", str(run), "--file", str(tmp_path / "texts.csv"), "--text-column",
+                 "message"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("spam\t")
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x"]) == 2
+    assert "use `scratchllm classify`" in capsys.readouterr().err
 
 
 def test_classification_resume_is_exact(tmp_path):
