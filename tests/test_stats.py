@@ -54,3 +54,31 @@ def test_info_cli(capsys):
     assert main(["info"]) == 0
     assert "llama3.2-1b" in capsys.readouterr().out
     assert main(["info", "nonexistent-model"]) == 2
+
+
+def test_components_mix_and_match():
+    """Components are config fields: a GPT-2 skeleton with RMSNorm, SwiGLU and RoPE builds, trains a step,
+    and its analytic parameter count holds; transformers' GPT-2 class cannot hold it, so export refuses."""
+    from scratchllm.checkpoints.hf import config_to_hf
+    from scratchllm.errors import ScratchLLMError
+
+    config = get_config("gpt-tiny", norm="rmsnorm", mlp="swiglu", positions="rope", hidden_dim=96)
+    model = build_model(config)
+    assert model.pos_emb is None and type(model.blocks[0].ff).__name__ == "SwiGLUFeedForward"
+    assert model_stats(config).params == model.num_parameters()
+    model(torch.randint(0, 512, (2, 8))).sum().backward()
+    with pytest.raises(ScratchLLMError, match="mixes components"):
+        config_to_hf(config)
+    with pytest.raises(ScratchLLMError, match="field 'norm' is 'batchnorm'"):
+        get_config("gpt-tiny", norm="batchnorm")
+    assert get_config("gpt-tiny").replace(arch="llama").norm == "rmsnorm"  # derived components follow arch
+
+
+def test_configs_and_presets_load_without_the_model_code():
+    import subprocess
+    import sys
+
+    modules = "('torch', 'scratchllm.models.gpt2', 'scratchllm.models.llama')"
+    probe = ("import sys; from scratchllm.models.config import get_config; get_config('llama3.2-1b'); "
+             f"print(sorted(m for m in {modules} if m in sys.modules))")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"

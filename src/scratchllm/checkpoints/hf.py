@@ -70,6 +70,10 @@ def _config_from_hf(hf: dict[str, Any], name: str) -> ModelConfig:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """`ModelConfig` -> a `config.json` dict that `transformers.AutoConfig` reads."""
+    if not config.is_family_standard():
+        parts = f"{config.norm}, {config.mlp}, {config.positions}, bias {config.bias}"
+        raise ScratchLLMError(f"model {config.name!r} mixes components ({parts}) that transformers' {config.arch} "
+                              "class cannot hold")  # fmt: skip
     if config.arch == "gpt2":
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,

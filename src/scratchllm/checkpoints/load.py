@@ -142,9 +142,8 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
         check_tokenizer_fits(loaded.model, loaded.tokenizer, str(path))
         return loaded
-    from scratchllm.models.config import PRESETS, get_config, list_presets
+    from scratchllm.models.config import PRESETS, get_config
 
-    list_presets()
     if str(spec) in PRESETS or path.is_file():
         from scratchllm.models import Transformer
 

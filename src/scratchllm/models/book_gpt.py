@@ -62,7 +62,7 @@ class BookTransformerBlock(nn.Module):
 class BookGPTModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.arch != "gpt2":
+        if (cfg.norm, cfg.mlp, cfg.positions) != ("layernorm", "gelu", "learned"):
             raise ValueError("the book's GPTModel is the GPT-2 architecture")
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)

@@ -2,13 +2,15 @@
 
 Field names follow the book (`vocab_size`, `context_length`, `emb_dim`, `n_heads`, `n_layers`,
 `drop_rate`, `qkv_bias`) so a reader can map them one to one; the Llama fields (`n_kv_heads`,
-`hidden_dim`, `rope_base`, `rope_scaling`) are added beside them. `arch` picks the pieces that differ:
+`hidden_dim`, `rope_base`, `rope_scaling`) are added beside them. The pieces that differ between the
+architectures are component fields, each filled in from `arch` unless given:
 
-| arch  | norm      | feed-forward          | positions          | biases          |
-| gpt2  | LayerNorm | GELU(tanh), d->4d->d  | learned absolute   | yes (qkv: flag) |
-| llama | RMSNorm   | SwiGLU, d->hidden->d  | rotary (RoPE)      | none            |
+| arch  | norm      | mlp                   | positions          | bias            |
+| gpt2  | layernorm | gelu (tanh), d->4d->d | learned (absolute) | yes (qkv: flag) |
+| llama | rmsnorm   | swiglu, d->hidden->d  | rope               | none            |
 
-Presets register themselves from `gpt2.py` and `llama.py`; `get_config` accepts a preset name or a file.
+The model code reads only the components, never `arch`; `arch` names the family for HuggingFace/Meta
+weights. Presets are plain data (`presets.py`); `get_config` accepts a preset name or a file.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from typing import Any
 
 from scratchllm.errors import ScratchLLMError, check_fields
 from scratchllm.files import atomic_write
+from scratchllm.models.presets import PRESETS
 
 ARCHS = ("gpt2", "llama")
+# Each architecture's own components (what a field left as None becomes).
+COMPONENTS = {
+    "gpt2": {"norm": "layernorm", "mlp": "gelu", "positions": "learned", "bias": True},
+    "llama": {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False},
+}
+CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rope")}
 
 
 @dataclass
@@ -43,14 +52,27 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
-    # Which of n_kv_heads/head_dim/hidden_dim were filled in from the others, so `replace` re-derives them.
+    # components (None = the architecture's own, see COMPONENTS)
+    norm: str | None = None
+    mlp: str | None = None
+    positions: str | None = None
+    bias: bool | None = None  # biases on the output projection, feed-forward and norms
+    # Which of the derived fields were filled in from the others, so `replace` re-derives them.
     _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self, f"model config {self.name!r}")
-        self._derived = frozenset(n for n in ("n_kv_heads", "head_dim", "hidden_dim") if getattr(self, n) is None)
+        derivable = ("n_kv_heads", "head_dim", "hidden_dim", *COMPONENTS["gpt2"])
+        self._derived = frozenset(n for n in derivable if getattr(self, n) is None)
         if self.arch not in ARCHS:
             raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of {ARCHS}")
+        for name, value in COMPONENTS[self.arch].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ScratchLLMError(f"config {self.name!r}: field {name!r} is {getattr(self, name)!r}, "
+                                      f"expected one of {allowed}")  # fmt: skip
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -65,7 +87,7 @@ class ModelConfig:
             raise ScratchLLMError(
                 f"config {self.name!r}: n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"
             )
-        if self.arch == "llama" and self.head_dim % 2:
+        if self.positions == "rope" and self.head_dim % 2:
             raise ScratchLLMError(f"config {self.name!r}: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
@@ -74,12 +96,11 @@ class ModelConfig:
     # -- derived -------------------------------------------------------------------------------------------
     @property
     def uses_rope(self) -> bool:
-        return self.arch == "llama"
+        return self.positions == "rope"
 
-    @property
-    def bias(self) -> bool:
-        """Biases on the output projection, feed-forward and norms (GPT-2 has them, Llama does not)."""
-        return self.arch == "gpt2"
+    def is_family_standard(self) -> bool:
+        """True when the components are the architecture's own (what HF's GPT2/Llama classes can hold)."""
+        return all(getattr(self, k) == v for k, v in COMPONENTS[self.arch].items())
 
     # -- files ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -136,34 +157,19 @@ def load_config(path: str | Path) -> ModelConfig:
     return from_dict(data, str(path))
 
 
-PRESETS: dict[str, ModelConfig] = {}
-
-
-def register(config: ModelConfig) -> ModelConfig:
-    PRESETS[config.name] = config
-    return config
-
-
-def _load_presets() -> None:
-    # Importing the architecture modules registers their presets.
-    from scratchllm.models import gpt2, llama  # noqa: F401
-
-
 def get_config(spec: str | Path | ModelConfig, **overrides: Any) -> ModelConfig:
     """A preset name (see `list_presets()`), a YAML/JSON file, or a config; `overrides` replace fields."""
     if isinstance(spec, ModelConfig):
         config = spec
     else:
-        _load_presets()
         if str(spec) in PRESETS:
-            config = PRESETS[str(spec)]
+            config = from_dict({"name": str(spec), **PRESETS[str(spec)]}, f"preset {spec!r}")
         elif Path(spec).is_file():
             config = load_config(spec)
         else:
             raise ScratchLLMError(f"unknown model {spec!r}: not a preset ({', '.join(list_presets())}) nor a file")
-    return config.replace(**overrides) if overrides else from_dict(config.to_dict())
+    return config.replace(**overrides)  # a fresh copy that keeps which fields were derived
 
 
 def list_presets() -> list[str]:
-    _load_presets()
     return list(PRESETS)

@@ -42,10 +42,11 @@ def model_stats(config: ModelConfig, seq_len: int | None = None) -> ModelStats:
     bias = config.bias
     attn = d * (q_dim + 2 * kv_dim) + q_dim * d
     attn_bias = (q_dim + 2 * kv_dim if config.qkv_bias else 0) + (d if bias else 0)
-    if config.arch == "llama":
-        ff, ff_bias, norm = 3 * d * hidden, 0, d
+    if config.mlp == "swiglu":
+        ff, ff_bias = 3 * d * hidden, 0
     else:
-        ff, ff_bias, norm = 2 * d * hidden, (hidden + d if bias else 0), 2 * d if bias else d
+        ff, ff_bias = 2 * d * hidden, (hidden + d if bias else 0)
+    norm = 2 * d if config.norm == "layernorm" and bias else d
     block = attn + attn_bias + ff + ff_bias + 2 * norm
     embedding = V * d + (0 if config.uses_rope else config.context_length * d)
     head = V * d

@@ -1,6 +1,6 @@
 """The transformer both architectures share: pre-norm blocks with shortcuts, embeddings, output head.
 
-GPT-2 (book ch. 4) and Llama differ only in the pieces `ModelConfig.arch` selects here: the norm
+GPT-2 (book ch. 4) and Llama differ only in the components their `ModelConfig` names: the norm
 (LayerNorm / RMSNorm), the feed-forward (GELU MLP / SwiGLU) and how positions enter (a learned table
 added to the token embeddings / rotary embeddings inside attention). Everything else, the block
 skeleton, the attention core, the KV cache and the output head, is one code path.
@@ -25,7 +25,7 @@ from scratchllm.models.rope import rope_cache
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
-    if config.arch == "llama":
+    if config.norm == "rmsnorm":
         return RMSNorm(config.emb_dim, config.norm_eps)
     return LayerNorm(config.emb_dim, config.norm_eps, bias=config.bias)
 
@@ -38,7 +38,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.norm2 = make_norm(config)
-        self.ff = SwiGLUFeedForward(config) if config.arch == "llama" else FeedForward(config)
+        self.ff = SwiGLUFeedForward(config) if config.mlp == "swiglu" else FeedForward(config)
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x, rope=None, start=None, mask=None):
@@ -47,7 +47,7 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A GPT-2 or Llama language model, chosen by `config.arch`."""
+    """A GPT-2 or Llama language model (or a mix of their components), as `config` says."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
