@@ -161,13 +161,12 @@ def load_model_folder(folder: str | Path, dtype: torch.dtype | None = None, devi
 
 def materialize(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, device: str):
     """Move a meta-device model to real storage holding `tensors`, without a random init pass first."""
-    if model.config.tie_embeddings and "out_head.weight" not in tensors:
-        tensors["out_head.weight"] = tensors["tok_emb.weight"]
+    for alias, name in tied_aliases(model).items():
+        tensors.setdefault(alias, tensors[name])
     if dtype is not None:  # a no-op for tensors already converted while reading
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(tensors, assign=True, strict=True)
-    if model.config.tie_embeddings:
-        model.out_head.weight = model.tok_emb.weight
+    model.tie_weights()  # assign=True replaced the shared Parameter with two
     # Non-persistent buffers (RoPE tables) were created on meta; rebuild them for real.
     if model.config.uses_rope:
         model.init_rope()

@@ -59,9 +59,8 @@ def set_trainable(model: SequenceClassifier, which: str) -> None:
     if which != "all" and which not in choices:
         raise ScratchLLMError(f"trainable {which!r}: expected head, last-block, last-two-blocks or all")
     model.requires_grad_(which == "all")
-    lm_head = model.backbone.out_head
-    if lm_head.weight is not model.backbone.tok_emb.weight:
-        lm_head.requires_grad_(False)  # the LM head is not used by a classifier (when tied, it is the embedding)
+    if not model.backbone.is_tied:
+        model.backbone.out_head.requires_grad_(False)  # unused by a classifier (when tied, it is the embedding)
     if which == "all":
         return
     model.head.requires_grad_(True)

@@ -58,8 +58,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.final_norm = make_norm(config)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
+        self.tie_weights()
         if config.uses_rope:
             self.register_buffer("rope_cos", torch.empty(0), persistent=False)
             self.register_buffer("rope_sin", torch.empty(0), persistent=False)
@@ -69,6 +68,21 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "ff.fc2.weight", "ff.down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    # -- the output head: every other module reaches it through these, never by its parameter name -------
+    def tie_weights(self) -> None:
+        """Share the head's weight with the token embedding when the config says so (also after loading)."""
+        if self.config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The (vocab, emb_dim) output projection, whatever module holds it (a plain, int8 or compiled Linear)."""
+        return self.out_head.weight
+
+    @property
+    def is_tied(self) -> bool:
+        return getattr(self.out_head, "weight", None) is self.tok_emb.weight
 
     def init_rope(self) -> None:
         """(Re)compute the RoPE cos/sin tables: needed again after building the model on the meta device."""
@@ -157,7 +171,7 @@ class Transformer(nn.Module):
             head_follows
             and weight.requires_grad
             and torch.is_grad_enabled()
-            and getattr(self.out_head, "weight", None) is weight
+            and self.is_tied
             and not torch.compiler.is_compiling()
         )
         return F.embedding(idx, weight, sparse=sparse)
@@ -195,8 +209,8 @@ class Transformer(nn.Module):
     def num_parameters(self, count_tied_head: bool = False) -> int:
         """Parameter count; with a tied head, `count_tied_head=True` counts it again (the book's untied figure)."""
         n = sum(p.numel() for p in self.parameters())
-        if count_tied_head and self.config.tie_embeddings:
-            n += self.out_head.weight.numel()
+        if count_tied_head and self.is_tied:
+            n += self.head_weight.numel()
         return n
 
 

@@ -119,5 +119,5 @@ def fused_linear_cross_entropy(
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Mean next-token loss of a `Transformer` on (inputs, targets) windows; fused head + loss by default."""
     if fused:
-        return fused_linear_cross_entropy(model.hidden(inputs), model.out_head.weight, targets)
+        return fused_linear_cross_entropy(model.hidden(inputs), model.head_weight, targets)
     return cross_entropy(model(inputs), targets)
