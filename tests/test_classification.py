@@ -59,15 +59,23 @@ def test_last_non_pad_pooling_ignores_right_padding_and_finds_the_last_token(tin
         assert torch.equal(clf["last-non-pad"].pool(hidden_left, left), hidden_left[:, -1])
 
 
-def test_logits_equal_transformers_gpt2_for_sequence_classification():
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logits_equal_transformers_for_sequence_classification(arch):
     transformers = pytest.importorskip("transformers")
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
     from scratchllm.models import Transformer
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=300, num_labels=3,
-                                  pad_token_id=0, initializer_range=0.2)  # fmt: skip
-    hf = transformers.GPT2ForSequenceClassification(cfg).eval()
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=300, num_labels=3,
+                                      pad_token_id=0, initializer_range=0.2)  # fmt: skip
+        hf = transformers.GPT2ForSequenceClassification(cfg).eval()
+    else:
+        cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                       num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=64,
+                                       vocab_size=300, num_labels=3, pad_token_id=0, initializer_range=0.2,
+                                       tie_word_embeddings=True)  # fmt: skip
+        hf = transformers.LlamaForSequenceClassification(cfg).eval()
     sd = {k: v for k, v in hf.state_dict().items() if k != "score.weight"}
     config = config_from_hf(hf.config.to_dict())
     backbone = Transformer(config)
