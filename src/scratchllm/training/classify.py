@@ -25,7 +25,7 @@ from scratchllm.files import atomic_write
 from scratchllm.models.classifier import SequenceClassifier, set_trainable
 from scratchllm.training.config import ClassifyConfig
 from scratchllm.training.distributed import init_distributed, shutdown
-from scratchllm.training.loop import RunResult, Task, claim_run_dir, fit
+from scratchllm.training.loop import RunResult, Task, claim_run_dir, epoch_rows, fit
 
 CLASSIFIER_FILE = "classifier.json"
 
@@ -33,15 +33,12 @@ CLASSIFIER_FILE = "classifier.json"
 class ClassifyTask(Task):
     name = "classify"
 
-    def __init__(self, model: SequenceClassifier, splits: dict[str, Encoded], names: list[str], cfg: ClassifyConfig):
-        self.model, self.splits, self.names, self.cfg = model, splits, names, cfg
+    def __init__(self, splits: dict[str, Encoded], names: list[str], cfg: ClassifyConfig):
+        self.splits, self.names, self.cfg = splits, names, cfg
 
     def batch(self, step: int, rows: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         train = self.splits["train"]
-        per_epoch = len(train.labels) // rows
-        epoch, index = divmod(step, per_epoch)
-        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
-        picked = order[index * rows : (index + 1) * rows]
+        picked = epoch_rows(len(train.labels), rows, step, self.cfg.seed)
         return train.ids[picked], train.labels[picked]
 
     def loss(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -177,7 +174,7 @@ def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bo
                   + (f", {truncated} truncated" if truncated else "")
                   + f"; {trainable:,} trainable parameters ({cfg.trainable}), pooling {cfg.pooling}, "
                   f"{cfg.max_steps} steps")  # fmt: skip
-        return fit(model, ClassifyTask(model, splits, train.names, cfg), cfg, run_dir, dist, resume, on_step)
+        return fit(model, ClassifyTask(splits, train.names, cfg), cfg, run_dir, dist, resume, on_step)
     finally:
         shutdown(dist)
 

@@ -151,6 +151,15 @@ class _Log:
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
 
 
+def epoch_rows(n_items: int, rows: int, step: int, seed: int) -> torch.Tensor:
+    """Item indices of step `step`'s batch in epochs: reshuffled every epoch (seed + epoch), the last
+    incomplete batch dropped, as a shuffling DataLoader with drop_last. A function of the step, so resuming
+    at a step needs no sampler state."""
+    epoch, index = divmod(step, n_items // rows)
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[index * rows : (index + 1) * rows]
+
+
 def _rows(batch: Batch, sl: slice) -> Batch:
     return tuple(t[sl] for t in batch)
 

@@ -23,7 +23,7 @@ from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import PretrainConfig
 from scratchllm.training.distributed import barrier, init_distributed, shutdown
 from scratchllm.training.evaluate import perplexity, split_loss
-from scratchllm.training.loop import RunResult, Task, autocast_dtype, claim_run_dir, fit
+from scratchllm.training.loop import RunResult, Task, autocast_dtype, claim_run_dir, epoch_rows, fit
 from scratchllm.training.loss import cross_entropy, lm_loss
 
 
@@ -41,13 +41,9 @@ def epoch_batch(tokens: np.ndarray, n: int, seq_len: int, step: int, seed: int) 
     shuffled once per epoch, the last incomplete batch of an epoch dropped. Stateless, so resuming at a
     step needs nothing else; small corpora are memorised this way, as in the book's figure."""
     n_windows = (len(tokens) - 1) // seq_len
-    per_epoch = n_windows // n
-    if per_epoch < 1:
+    if n_windows < n:
         raise ScratchLLMError(f"training split has {n_windows} windows of {seq_len} tokens, fewer than a batch of {n}")
-    epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed + epoch))
-    picked = order[index * n : (index + 1) * n] * seq_len
-    return _windows(tokens, picked.tolist(), seq_len)
+    return _windows(tokens, (epoch_rows(n_windows, n, step, seed) * seq_len).tolist(), seq_len)
 
 
 def _windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> torch.Tensor:
