@@ -131,6 +131,7 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     assert report["accuracy"] >= 0.90, report
     assert sum(map(sum, report["confusion"])) == 300 and set(report["classes"]) == {"ham", "spam"}
     assert final["train_loss"] < records[0]["train_loss"]
+    assert (run / "loss.png").exists() and (run / "accuracy.png").exists()
     assert main(["classify", "--checkpoint", str(run), "--json", "WINNER!! Claim your free prize now, call 09061",
                  "See you at lunch tomorrow?"]) == 0  # fmt: skip
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

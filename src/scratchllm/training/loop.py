@@ -285,8 +285,10 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
     evaluate(final=True)
     checkpoint()
     if main:
-        from scratchllm.training.plot import plot_losses
+        from scratchllm.training.plot import plot_curves
 
-        if plot_losses(result.evals, run_dir / "loss.png") is None:
+        if plot_curves(result.evals, run_dir / "loss.png") is None:
             print(f"note: {run_dir / 'loss.png'} not written (matplotlib is not installed: pip install matplotlib)")
+        if any("train_accuracy" in e for e in result.evals):
+            plot_curves(result.evals, run_dir / "accuracy.png", "accuracy")
     return result
