@@ -90,6 +90,9 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "cut")][-1] == "step-000004"  # saved on Ctrl-C
     resumed = pretrain(tiny_config(data_dir, tmp_path / "cut", **overrides), resume=True)
     assert resumed.state.step == 6
+    from scratchllm.training.loop import _logged_evals
+
+    assert [e["step"] for e in _logged_evals(tmp_path / "cut" / "metrics.jsonl")] == [0, 3, 6]  # what loss.png shows
     a, b = final_weights(full.run_dir), final_weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

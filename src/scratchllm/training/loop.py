@@ -160,6 +160,16 @@ def epoch_rows(n_items: int, rows: int, step: int, seed: int) -> torch.Tensor:
     return order[index * rows : (index + 1) * rows]
 
 
+def _logged_evals(path: Path) -> list[dict]:
+    """Evaluation records of metrics.jsonl by step; a step evaluated again after a resume keeps its last record."""
+    by_step: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "eval":
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def _rows(batch: Batch, sl: slice) -> Batch:
     return tuple(t[sl] for t in batch)
 
@@ -287,8 +297,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
     if main:
         from scratchllm.training.plot import plot_curves
 
-        if plot_curves(result.evals, run_dir / "loss.png") is None:
+        evals = _logged_evals(log.path)  # the whole run, across resumes
+        if plot_curves(evals, run_dir / "loss.png") is None:
             print(f"note: {run_dir / 'loss.png'} not written (matplotlib is not installed: pip install matplotlib)")
-        if any("train_accuracy" in e for e in result.evals):
-            plot_curves(result.evals, run_dir / "accuracy.png", "accuracy")
+        if any("train_accuracy" in e for e in evals):
+            plot_curves(evals, run_dir / "accuracy.png", "accuracy")
     return result
