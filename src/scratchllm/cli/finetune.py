@@ -32,7 +32,7 @@ def register(sub) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scratchllm.cli.flags import config_overrides
+    from scratchllm.cli.flags import config_overrides, is_main_process
     from scratchllm.errors import ScratchLLMError
     from scratchllm.training.classify import finetune_classifier
     from scratchllm.training.config import ClassifyConfig, build_config
@@ -45,6 +45,8 @@ def run_classify(args: argparse.Namespace) -> int:
         config_file = saved if saved.exists() else None
     cfg = build_config(config_file, ClassifyConfig, **config_overrides(args))
     result = finetune_classifier(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():
+        return 0  # under torchrun, rank 0 alone reports
     test = result.evals[-1].get("test") if result.evals else None
     print(f"\nrun folder: {result.run_dir}" + (f"; test accuracy {test['accuracy']:.2%}" if test else ""))
     print(f'try:   scratchllm classify --checkpoint {result.run_dir} "You won a free prize, call now!"')

@@ -1,4 +1,5 @@
-"""Every field of a config dataclass as a command-line flag (`lr` -> `--lr`, `out_dir` -> `--out-dir`).
+"""Every field of a config dataclass as a command-line flag (`lr` -> `--lr`, `out_dir` -> `--out-dir`); helpers
+shared by the training verbs.
 
 Flags default to None, meaning "not given", so a config file's value stays unless a flag overrides it;
 the dataclass itself checks types and ranges (`errors.check_fields`).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 
 ACTIONS = ("config", "resume", "overwrite", "handler", "verb", "debug", "action")  # arguments that are not fields
@@ -32,3 +34,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
 def config_overrides(args: argparse.Namespace) -> dict:
     """The field flags of a parsed command line (model overrides and actions left out)."""
     return {k: v for k, v in vars(args).items() if k not in ACTIONS and "__" not in k}
+
+
+def is_main_process() -> bool:
+    """False on the other ranks of a torchrun launch, which train but do not report."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -49,7 +49,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.cli.flags import config_overrides
+    from scratchllm.cli.flags import config_overrides, is_main_process
     from scratchllm.training.config import build_config
     from scratchllm.training.trainer import pretrain
 
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise ScratchLLMError("--resume continues a run and --overwrite replaces it: give one of them")
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():
+        return 0  # under torchrun, rank 0 alone reports
     last = result.evals[-1] if result.evals else None
     print(f"\nrun folder: {result.run_dir}")
     if last:
