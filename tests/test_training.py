@@ -222,6 +222,38 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
     assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
 
 
+def test_fsdp_two_processes_follow_one_and_resume(data_dir, tmp_path):
+    """--strategy fsdp under torchrun (2 CPU processes on gloo, weights and AdamW state sharded): the same
+    losses as 1 process, full checkpoints, and a resumed sharded run ends where an uninterrupted run does."""
+    common = ["--model", "gpt-tiny", "--model-context-length", "32", "--data", str(VERDICT), "--vocab-size", "300",
+              "--data-out", str(data_dir), "--dtype", "fp32", "--eval-every", "2", "--eval-batches", "2",
+              "--log-every", "1", "--save-every", "2", "--sample-tokens", "4", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "scratchllm", "pretrain", *common, "--max-steps", "6", "--batch-size", "8",
+              "--out-dir", str(tmp_path / "one")]  # fmt: skip
+    subprocess.run(single, check=True, capture_output=True, env=env, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+                "-m", "scratchllm", "pretrain"]  # fmt: skip
+    first = [*torchrun, *common, "--max-steps", "4", "--batch-size", "4", "--strategy", "fsdp",
+             "--out-dir", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(first, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = [*torchrun, "--resume", "--out-dir", str(tmp_path / "two"), "--max-steps", "6", "--no-progress"]
+    done = subprocess.run(resumed, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout and done.stdout.count("run folder") == 1
+
+    def losses(run):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == list(range(1, 7)) and [two[s] for s in sorted(two)] == pytest.approx(
+        [one[s] for s in sorted(one)], abs=1e-4)  # fmt: skip
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_epoch_sampling_is_the_books_loader():
     import numpy as np
 

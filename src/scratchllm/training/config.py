@@ -35,6 +35,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     dtype: str = "auto"  # autocast dtype: auto (bf16 where native), bf16, fp32
     compile: bool = False
+    strategy: str = "ddp"  # under torchrun: ddp (a full copy per process) or fsdp (weights and state sharded)
     seed: int = 1337
     # monitoring and output
     out_dir: str = "runs/train"
@@ -63,6 +64,7 @@ class TrainSettings:
                 raise ScratchLLMError(f"config field {name!r} must be in [0, 1), got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "warmup_steps"):
             self._at_least(name, 0)
+        self._one_of("strategy", ("ddp", "fsdp"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

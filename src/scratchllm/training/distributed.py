@@ -4,6 +4,12 @@
 RANK/WORLD_SIZE/LOCAL_RANK from its environment. We initialise the process group (gloo on CPU, NCCL on
 GPU), wrap the model in DistributedDataParallel (gradients averaged across processes during backward),
 and let only rank 0 write logs and checkpoints. Without those variables everything is single-process.
+
+`--strategy fsdp` shards instead (PyTorch's FSDP2, `fully_shard` on every transformer block and on the
+whole model): each process holds 1/N of the weights, gradients and AdamW state, for models that do not fit
+one device. Checkpoints stay full (gathered on rank 0, the same files as any other run, so a run can
+resume with another strategy or process count); every process evaluates, because a sharded forward needs
+them all.
 """
 
 from __future__ import annotations
@@ -59,3 +65,71 @@ def mean_across(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class Sharded:
+    """A model sharded with FSDP2, and the conversions between its sharded and the full state."""
+
+    def __init__(self, model: torch.nn.Module, info: DistInfo):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        from scratchllm.models.transformer import Transformer, TransformerBlock
+
+        mesh = init_device_mesh(torch.device(info.device).type, (info.world_size,))
+        for module in model.modules():
+            if isinstance(module, TransformerBlock):
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        if isinstance(model, Transformer):
+            register_fsdp_forward_method(model, "hidden")  # the fused loss calls hidden(), not forward()
+        self.model = model
+
+    def _names(self, optimizer) -> list[str]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+    def full_state(self, optimizer) -> tuple[dict, dict]:
+        """(weights, optimizer state with parameter indices), gathered on rank 0 (empty elsewhere); collective."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=options)
+        by_name = get_optimizer_state_dict(self.model, optimizer, options=options)
+        index = {n: i for i, n in enumerate(self._names(optimizer))}
+        if not by_name:
+            return weights, {}
+        groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
+        return weights, {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+
+    def load_full_state(self, optimizer):
+        """`apply` for `state.load_checkpoint_into`: full weights and optimizer state into the shards."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        def apply(weights: dict, opt_state: dict) -> None:
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, weights, options=options)
+            names = self._names(optimizer)
+            by_name = {"state": {names[int(i)]: v for i, v in opt_state["state"].items()},
+                       "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                        for g in opt_state["param_groups"]]}  # fmt: skip
+            set_optimizer_state_dict(self.model, optimizer, by_name, options=options)
+
+        return apply
+
+
+def all_true(flag: bool, info: DistInfo) -> bool:
+    """True when `flag` holds on every process."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor(float(flag), device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -31,7 +32,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.files import claim_output_folder
 from scratchllm.hardware import resolve_dtype, utilisation
 from scratchllm.training.config import TrainSettings
-from scratchllm.training.distributed import DistInfo, barrier, mean_across
+from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
 from scratchllm.training.schedule import lr_at
 from scratchllm.training.state import TrainState, list_checkpoints, resume_latest, save_checkpoint
 
@@ -94,11 +95,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainSettings) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainSettings, fused: bool = True) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ScratchLLMError("nothing to train: every parameter of the model is frozen")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def autocast_dtype(cfg: TrainSettings, device: str) -> torch.dtype | None:
@@ -170,6 +171,11 @@ def _logged_evals(path: Path) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly sharded) tensor."""
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
 def _rows(batch: Batch, sl: slice) -> Batch:
     return tuple(t[sl] for t in batch)
 
@@ -178,15 +184,18 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
         on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Train `model` (its trainable parameters) on `task` as `cfg` says, writing checkpoints into `run_dir`."""
     main, device = dist.is_main, dist.device
-    optimizer = make_optimizer(model, cfg)
+    fsdp = dist.enabled and cfg.strategy == "fsdp"
+    sharded = Sharded(model, dist) if fsdp else None  # before the optimizer: it must see the shards
+    optimizer = make_optimizer(model, cfg, fused=not fsdp)
     sampler_rng = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
     say = print if main else (lambda _: None)
     if resume:
-        state, folder = resume_latest(run_dir, model, optimizer, sampler_rng, say)
+        apply = sharded.load_full_state(optimizer) if sharded else None
+        state, folder = resume_latest(run_dir, model, optimizer, sampler_rng, say, apply)
         say(f"resumed from {folder} (step {state.step})")
     train_model: torch.nn.Module = LossModule(model, task.loss)
-    if dist.enabled:
+    if dist.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(train_model, device_ids=[dist.local_rank] if device != "cpu" else None)
@@ -209,9 +218,10 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
                disable=not (main and cfg.progress))  # fmt: skip
 
     def evaluate(final: bool = False) -> None:
-        if main:
+        if main or fsdp:  # a sharded forward needs every process
             record = {"kind": "eval", "step": state.step, "tokens_seen": state.tokens_seen}
-            record.update(task.evaluate(model, state.step, final, bar.write))
+            record.update(task.evaluate(model, state.step, final, bar.write if main else (lambda _: None)))
+        if main:
             sample = record.pop("sample", None)  # generated text goes in a record of its own
             result.evals.append(record)
             log.write(record)
@@ -228,11 +238,16 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
 
     def checkpoint() -> None:
         # A diverged update can leave NaN weights one step before the loss shows it: never save those.
-        if not all(bool(torch.isfinite(p).all()) for p in trainable):
+        if not all_true(all(bool(torch.isfinite(_local(p)).all()) for p in trainable), dist):
             raise diverged("the weights hold NaN or infinity")
+        weights, opt = (model, optimizer)
+        if sharded:  # gather the full state on rank 0 (every process takes part)
+            full_weights, full_opt = sharded.full_state(optimizer)
+            weights = SimpleNamespace(config=model.config, state_dict=lambda: full_weights)
+            opt = SimpleNamespace(state_dict=lambda: full_opt)
         if main:
-            save_checkpoint(run_dir, model, optimizer, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
-            save_model(model, run_dir)  # the run folder's own weights: always the latest
+            save_checkpoint(run_dir, weights, opt, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
+            save_model(weights, run_dir)  # the run folder's own weights: always the latest
         barrier(dist)
 
     model.train()
@@ -251,8 +266,10 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
             for micro in range(cfg.grad_accum):
                 part = _rows(rows, slice(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
                 sync = not dist.enabled or micro == cfg.grad_accum - 1
-                # Between micro-batches DDP need not average gradients; only the last one syncs.
-                with train_model.no_sync() if not sync else contextlib.nullcontext():
+                # Between micro-batches neither DDP nor FSDP need to reduce gradients; only the last one syncs.
+                if fsdp:
+                    model.set_requires_gradient_sync(sync)
+                with train_model.no_sync() if not (sync or fsdp) else contextlib.nullcontext():
                     with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
                         loss = train_model(*part)
                     (loss / cfg.grad_accum).backward()

@@ -13,6 +13,7 @@ inspection and resuming falls back to the newest complete one before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -114,8 +115,12 @@ def _read_checkpoint(folder: Path) -> tuple:
     return saved, tensors, step, tokens_seen, opt_meta, opt_tensors, rng_states
 
 
-def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Generator) -> TrainState:
-    """Restore weights, optimizer, RNGs and counters from `folder`, after checking it matches the model."""
+def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Generator, apply=None) -> TrainState:
+    """Restore weights, optimizer, RNGs and counters from `folder`, after checking it matches the model.
+
+    `apply(tensors, optimizer_state)`, when given, puts the full weights and optimizer state into a model
+    whose parameters are sharded (FSDP); by default they are copied in directly.
+    """
     saved, tensors, step, tokens_seen, opt_meta, opt_tensors, (torch_rng, sampler_state) = _read_checkpoint(folder)
     if saved.to_dict() != model.config.to_dict():
         diff = next(k for k, v in saved.to_dict().items() if model.config.to_dict().get(k) != v)
@@ -127,25 +132,31 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
     for alias, name in tied_aliases(model).items():
         tensors.setdefault(alias, tensors[name])
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
+        if apply is not None:
+            apply(tensors, _unflatten_optimizer(opt_tensors, opt_meta))
+        else:
+            optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
     except (KeyError, ValueError, TypeError) as e:
         raise ScratchLLMError(f"{folder}: optimizer state does not match this model ({e})") from None
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            p.copy_(tensors[name])
+    if apply is None:
+        with torch.no_grad():
+            for name, p in model.state_dict().items():
+                p.copy_(tensors[name])
     torch.set_rng_state(torch_rng)
     sampler_rng.set_state(sampler_state)
     return TrainState(step=step, tokens_seen=tokens_seen)
 
 
-def resume_latest(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, say=print) -> tuple[TrainState, Path]:
+def resume_latest(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, say=print,
+                  apply=None) -> tuple[TrainState, Path]:  # fmt: skip
     """Load the newest complete checkpoint; damaged newer ones are moved aside (`.damaged`) and reported."""
     for folder in reversed(list_checkpoints(run_dir)):
         try:
-            return load_checkpoint_into(folder, model, optimizer, sampler_rng), folder
+            return load_checkpoint_into(folder, model, optimizer, sampler_rng, apply), folder
         except DamagedCheckpoint as e:
             aside = folder.with_name(folder.name + ".damaged")
-            shutil.rmtree(aside, ignore_errors=True)
-            folder.rename(aside)
+            with contextlib.suppress(FileNotFoundError):  # under torchrun another process may have moved it
+                shutil.rmtree(aside, ignore_errors=True)
+                folder.rename(aside)
             say(f"warning: {e}\n  -> moved to {aside} for inspection; trying the checkpoint before it")
     raise ScratchLLMError(f"--resume: no complete checkpoint left under {Path(run_dir) / CHECKPOINTS}")
