@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -124,6 +125,7 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     assert main(_finetune_args(tmp_path, "--epochs", "3")) == 0
     out = capsys.readouterr().out
     assert "data 1,045 / 149 / 300 texts" in out and "padded to 64 tokens" in out
+    assert re.search(r"padded to 64 tokens, \d+ truncated", out)  # texts longer than --max-length are counted
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r["kind"] == "eval"][-1]
