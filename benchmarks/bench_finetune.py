@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
+
+from steps import time_steps, training_step
 
 
 def build(impl: str, model_name: str, trainable: str):
@@ -65,20 +65,7 @@ def worker(impl: str, model_name: str, trainable: str, dtype: str, steps: int, b
     x[::2, seq - 20 :] = vocab - 1  # half the rows right-padded with the pad id, as real batches are
     y = torch.randint(0, 2, (batch,), generator=g)
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = loss_fn(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds, peak_mb = time_steps(training_step(loss_fn, opt, (x, y), dtype), steps)
     return {"tokens_per_s": batch * seq / seconds, "peak_rss_mb": peak_mb, "trainable": sum(p.numel() for p in params)}
 
 

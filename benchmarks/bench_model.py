@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
+
+from steps import time_steps, training_step
 
 IMPLS = ("ours", "hf", "book")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -64,23 +64,9 @@ def worker(impl: str, model_name: str, dtype: str, steps: int, batch: int, seq: 
     data = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
     x, y = data[:, :-1], data[:, 1:]
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = loss_fn(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
-    result = {
-        "tokens_per_s": batch * seq / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    step = training_step(loss_fn, opt, (x, y), dtype)
+    seconds, peak_mb = time_steps(step, steps)
+    result = {"tokens_per_s": batch * seq / seconds, "peak_rss_mb": peak_mb}
     if profile:
         result["breakdown"] = breakdown(step)
     return result
