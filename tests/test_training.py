@@ -222,9 +222,10 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
     assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
 
 
-def test_fsdp_two_processes_follow_one_and_resume(data_dir, tmp_path):
+def test_fsdp_two_processes_follow_one_and_resume(data_dir, tmp_path, capsys):
     """--strategy fsdp under torchrun (2 CPU processes on gloo, weights and AdamW state sharded): the same
-    losses as 1 process, full checkpoints, and a resumed sharded run ends where an uninterrupted run does."""
+    losses as 1 process, one checkpoint shard per process, and a resumed sharded run ends where an
+    uninterrupted run does."""
     common = ["--model", "gpt-tiny", "--model-context-length", "32", "--data", str(VERDICT), "--vocab-size", "300",
               "--data-out", str(data_dir), "--dtype", "fp32", "--eval-every", "2", "--eval-batches", "2",
               "--log-every", "1", "--save-every", "2", "--sample-tokens", "4", "--no-progress"]  # fmt: skip
@@ -238,6 +239,15 @@ def test_fsdp_two_processes_follow_one_and_resume(data_dir, tmp_path):
              "--out-dir", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(first, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = list_checkpoints(tmp_path / "two")[-1]
+    assert sorted(p.name for p in (checkpoint / "shards").iterdir()) == [
+        "rank-000-of-002.safetensors", "rank-001-of-002.safetensors"]  # fmt: skip
+    assert not (checkpoint / "model.safetensors").exists() and (tmp_path / "two" / "model.safetensors").exists()
+    one_process = ["pretrain", "--resume", "--out-dir", str(tmp_path / "two"), "--max-steps", "6"]
+    from scratchllm.cli.main import main
+
+    assert main(one_process) == 2  # the shards need as many processes as wrote them
+    assert "written by 2 processes with --strategy fsdp; resume with as many" in capsys.readouterr().err
     resumed = [*torchrun, "--resume", "--out-dir", str(tmp_path / "two"), "--max-steps", "6", "--no-progress"]
     done = subprocess.run(resumed, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,9 +7,9 @@ and let only rank 0 write logs and checkpoints. Without those variables everythi
 
 `--strategy fsdp` shards instead (PyTorch's FSDP2, `fully_shard` on every transformer block and on the
 whole model): each process holds 1/N of the weights, gradients and AdamW state, for models that do not fit
-one device. Checkpoints stay full (gathered on rank 0, the same files as any other run, so a run can
-resume with another strategy or process count); every process evaluates, because a sharded forward needs
-them all.
+one device. Each process writes its own shard of a checkpoint (`training/state.py`); the run folder's full
+`model.safetensors` is gathered on rank 0 at the end. A sharded run also resumes from a full checkpoint
+(a run started without sharding). Every process evaluates, because a sharded forward needs them all.
 """
 
 from __future__ import annotations
@@ -89,22 +89,11 @@ class Sharded:
         names = {id(p): n for n, p in self.model.named_parameters()}
         return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
-    def full_state(self, optimizer) -> tuple[dict, dict]:
-        """(weights, optimizer state with parameter indices), gathered on rank 0 (empty elsewhere); collective."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+    def full_weights(self) -> dict:
+        """The whole model's weights, gathered on rank 0 (empty elsewhere); every process must call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(self.model, options=options)
-        by_name = get_optimizer_state_dict(self.model, optimizer, options=options)
-        index = {n: i for i, n in enumerate(self._names(optimizer))}
-        if not by_name:
-            return weights, {}
-        groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
-        return weights, {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_full_state(self, optimizer):
         """`apply` for `state.load_checkpoint_into`: full weights and optimizer state into the shards."""

@@ -27,14 +27,23 @@ from types import SimpleNamespace
 
 import torch
 
-from scratchllm.checkpoints.io import save_model
+from scratchllm.checkpoints.io import CONFIG_FILE, save_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import claim_output_folder
+from scratchllm.files import atomic_write, claim_output_folder
 from scratchllm.hardware import resolve_dtype, utilisation
 from scratchllm.training.config import TrainSettings
 from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
 from scratchllm.training.schedule import lr_at
-from scratchllm.training.state import TrainState, list_checkpoints, resume_latest, save_checkpoint
+from scratchllm.training.state import (
+    SHARDS,
+    TrainState,
+    checkpoint_tmp,
+    finish_checkpoint,
+    list_checkpoints,
+    resume_latest,
+    save_checkpoint,
+    save_shards,
+)
 
 METRICS_FILE = "metrics.jsonl"
 Batch = tuple[torch.Tensor, ...]
@@ -236,19 +245,33 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
             "the last good ones (continue from them with --resume); lower --lr or --grad-clip"
         )
 
-    def checkpoint() -> None:
+    def checkpoint(final: bool = False) -> None:
         # A diverged update can leave NaN weights one step before the loss shows it: never save those.
         if not all_true(all(bool(torch.isfinite(_local(p)).all()) for p in trainable), dist):
             raise diverged("the weights hold NaN or infinity")
-        weights, opt = (model, optimizer)
-        if sharded:  # gather the full state on rank 0 (every process takes part)
-            full_weights, full_opt = sharded.full_state(optimizer)
-            weights = SimpleNamespace(config=model.config, state_dict=lambda: full_weights)
-            opt = SimpleNamespace(state_dict=lambda: full_opt)
-        if main:
-            save_checkpoint(run_dir, weights, opt, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
-            save_model(weights, run_dir)  # the run folder's own weights: always the latest
+        if sharded:
+            sharded_checkpoint(final)
+        elif main:
+            save_checkpoint(run_dir, model, optimizer, sampler_rng, state, cfg.to_dict(), cfg.keep_last)
+            save_model(model, run_dir)  # the run folder's own weights: always the latest
         barrier(dist)
+
+    def sharded_checkpoint(final: bool) -> None:
+        """Every process writes its shard into the checkpoint; at the end the full weights are gathered on
+        rank 0 for the run folder's model.safetensors (what generate and convert read)."""
+        if main:
+            checkpoint_tmp(run_dir, state.step)
+        barrier(dist)
+        tmp = checkpoint_tmp(run_dir, state.step, create=False)
+        opt_meta = save_shards(model, optimizer, tmp / SHARDS, dist.rank, dist.world_size)
+        barrier(dist)
+        if main:
+            atomic_write(tmp / CONFIG_FILE, lambda t: t.write_text(json.dumps(model.config.to_dict(), indent=2)))
+            finish_checkpoint(tmp, sampler_rng, state, cfg.to_dict(), cfg.keep_last, opt_meta)
+        if final:
+            full_weights = sharded.full_weights()
+            if main:
+                save_model(SimpleNamespace(config=model.config, state_dict=lambda: full_weights), run_dir)
 
     model.train()
     window_start, window_tokens = time.perf_counter(), 0
@@ -306,11 +329,11 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
     except KeyboardInterrupt:
         bar.close()
         say(f"\ninterrupted at step {state.step}: saving a checkpoint (continue with --resume)")
-        checkpoint()
+        checkpoint(final=True)
         raise
     bar.close()
     evaluate(final=True)
-    checkpoint()
+    checkpoint(final=True)
     if main:
         from scratchllm.training.plot import plot_curves
 

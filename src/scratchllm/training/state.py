@@ -5,7 +5,9 @@ A checkpoint is a folder `checkpoints/step-000200/` in the run folder holding
     optimizer.safetensors                    AdamW moments and step counters, flattened to named tensors
     rng.safetensors                          torch's global RNG and the data sampler's RNG
     state.json                               step, tokens seen, optimizer hyper-parameters, run config
-It is written as `step-000200.tmp/` and renamed when complete, so a crash mid-write leaves the previous
+Under `--strategy fsdp` the weights and optimizer files are replaced by `shards/`: one safetensors file per
+process with its shard, read back by a run with the same process count. It is written as
+`step-000200.tmp/` and renamed when complete, so a crash mid-write leaves the previous
 checkpoint as the latest; only the last `keep_last` are kept. Nothing here uses pickle. A checkpoint that
 cannot be read back (a truncated file, a disk that lost blocks) is moved aside as `step-N.damaged/` for
 inspection and resuming falls back to the newest complete one before it.
@@ -33,6 +35,7 @@ from scratchllm.checkpoints.io import (
 from scratchllm.errors import ScratchLLMError
 
 CHECKPOINTS = "checkpoints"
+SHARDS = "shards"  # a sharded (FSDP) checkpoint's weights and optimizer state, one file per process
 _PREFIX = "step-"
 
 
@@ -63,26 +66,95 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, state: TrainState,
-                    config: dict, keep_last: int) -> Path:  # fmt: skip
-    """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / f"{_PREFIX}{state.step:06d}"
-    tmp = root / f"{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp)
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+def checkpoint_tmp(run_dir: Path, step: int, create: bool = True) -> Path:
+    """The `checkpoints/step-N.tmp/` folder, made fresh (rank 0 makes it; under FSDP every rank writes into it)."""
+    tmp = Path(run_dir) / CHECKPOINTS / f"{_PREFIX}{step:06d}.tmp"
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / SHARDS).mkdir(parents=True)
+    return tmp
+
+
+def finish_checkpoint(tmp: Path, sampler_rng: torch.Generator, state: TrainState, config: dict, keep_last: int,
+                      optimizer_meta: dict | None = None) -> Path:  # fmt: skip
+    """Add RNGs and state.json to a filled `tmp` folder, rename it into place, prune old ones; returns it."""
     save_tensors({"torch": torch.get_rng_state(), "sampler": sampler_rng.get_state()}, tmp / "rng.safetensors")
-    info = {"step": state.step, "tokens_seen": state.tokens_seen, "optimizer": opt_meta, "config": config}
+    info = {"step": state.step, "tokens_seen": state.tokens_seen, "optimizer": optimizer_meta or {}, "config": config}
     (tmp / "state.json").write_text(json.dumps(info, indent=1))
+    final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    for old in list_checkpoints(tmp.parent.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, state: TrainState,
+                    config: dict, keep_last: int) -> Path:  # fmt: skip
+    """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
+    tmp = checkpoint_tmp(run_dir, state.step)
+    (tmp / SHARDS).rmdir()  # a full checkpoint has no shards
+    save_model(model, tmp)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    return finish_checkpoint(tmp, sampler_rng, state, config, keep_last, opt_meta)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _shard_file(folder: Path, rank: int, world: int) -> Path:
+    return folder / f"rank-{rank:03d}-of-{world:03d}.safetensors"
+
+
+def save_shards(model, optimizer, folder: Path, rank: int, world: int) -> dict:
+    """This process's shard of the weights and AdamW state as one safetensors file (no pickle, unlike
+    torch.distributed.checkpoint's metadata); returns the optimizer's param groups for state.json."""
+    tensors = {f"model.{n}": _local(t) for n, t in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim.{idx}.{name}"] = _local(value) if torch.is_tensor(value) else torch.tensor(value)
+    save_tensors(tensors, _shard_file(folder, rank, world))
+    return {"param_groups": opt["param_groups"]}
+
+
+def load_shards(model, optimizer, folder: Path, opt_meta: dict, rank: int, world: int) -> None:
+    """Read this process's shard back into a model sharded the same way (same process count)."""
+    from torch.distributed.tensor import DTensor
+
+    path = _shard_file(folder, rank, world)
+    if not path.exists():
+        import re
+
+        found = (re.search(r"-of-(\d+)\.", p.name) for p in folder.glob("rank-*.safetensors"))
+        written = {int(m.group(1)) for m in found if m}
+        if written and world not in written:
+            raise ScratchLLMError(f"{folder}: written by {max(written)} processes with --strategy fsdp; resume with "
+                                  f"as many (this run has {world})")  # fmt: skip
+        raise DamagedCheckpoint(f"{path}: missing")
+    try:
+        tensors = load_tensors(path)
+    except ScratchLLMError as e:
+        raise DamagedCheckpoint(str(e)) from None
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            saved = tensors.get(f"model.{name}")
+            if saved is None or saved.shape != _local(t).shape:
+                raise DamagedCheckpoint(f"{path}: shard of {name!r} missing or of another shape")
+            _local(t).copy_(saved)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, slot = key.split(".", 2)
+            p = params[int(idx)]
+            if isinstance(p, DTensor) and value.dim() > 0:  # moments are sharded like their parameter
+                value = DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            state.setdefault(int(idx), {})[slot] = value
+    optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -94,13 +166,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _read_checkpoint(folder: Path) -> tuple:
-    """Every file of a checkpoint, parsed and checked for damage before anything is applied."""
+    """Every file of a checkpoint, parsed and checked for damage before anything is applied.
+
+    A sharded checkpoint's weights stay in its shard files (None here); `load_shards` reads them."""
     try:
         saved = read_model_config(folder)
-        tensors = load_tensors(folder / WEIGHTS_FILE)
+        tensors = None if (folder / SHARDS).is_dir() else load_tensors(folder / WEIGHTS_FILE)
         info = json.loads((folder / "state.json").read_text())
         step, tokens_seen, opt_meta = int(info["step"]), int(info["tokens_seen"]), info["optimizer"]
-        opt_tensors = load_tensors(folder / "optimizer.safetensors")
+        opt_tensors = None if tensors is None else load_tensors(folder / "optimizer.safetensors")
         rng = load_tensors(folder / "rng.safetensors")
         rng_states = rng["torch"], rng["sampler"]
     except DamagedCheckpoint:
@@ -109,7 +183,7 @@ def _read_checkpoint(folder: Path) -> tuple:
         raise DamagedCheckpoint(str(e)) from None
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise DamagedCheckpoint(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
-    bad = next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    bad = next((n for n, t in (tensors or {}).items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if bad is not None:
         raise DamagedCheckpoint(f"{folder / WEIGHTS_FILE}: tensor {bad!r} holds NaN or infinity")
     return saved, tensors, step, tokens_seen, opt_meta, opt_tensors, rng_states
@@ -128,6 +202,17 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
             f"{folder}: checkpoint has {diff}={getattr(saved, diff)!r} but the run's model has "
             f"{diff}={getattr(model.config, diff)!r}; use the run's own config or a new --out-dir"
         )
+    if tensors is None:
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        try:
+            load_shards(model, optimizer, folder / SHARDS, opt_meta, rank, world)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise DamagedCheckpoint(f"{folder / SHARDS}: unreadable ({type(e).__name__}: {e})") from None
+        torch.set_rng_state(torch_rng)
+        sampler_rng.set_state(sampler_state)
+        return TrainState(step=step, tokens_seen=tokens_seen)
     check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
     for alias, name in tied_aliases(model).items():
         tensors.setdefault(alias, tensors[name])
