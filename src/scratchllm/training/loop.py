@@ -9,9 +9,11 @@ micro-batch, and evaluates; `fit` does everything else, the same way for every t
   "weights" whose size should shrink). Frozen parameters (requires_grad False) get no optimizer state.
 - Checkpoints hold the model, optimizer state, torch's RNG and the task's sampler RNG, so `resume`
   continues bit for bit (on CPU); they are atomic, damaged ones are skipped on resume, and weights that
-  became NaN are never saved. Ctrl-C saves a checkpoint before leaving. Only rank 0 writes anything.
+  became NaN are never saved. Ctrl-C saves a checkpoint before leaving. Only rank 0 writes logs.
+- Under torchrun the model is replicated (DDP) or sharded (`strategy: fsdp`, `distributed.Sharded`: each
+  process then also writes its own checkpoint shard, and every process evaluates).
 - Progress bar, metrics.jsonl (plus TensorBoard when installed), tokens/s and MFU (training time only),
-  and the loss plot at the end.
+  and the loss (and accuracy) plots at the end, drawn from metrics.jsonl so they cover resumed runs whole.
 """
 
 from __future__ import annotations
