@@ -42,6 +42,7 @@ from scratchllm.training.state import (
     checkpoint_tmp,
     finish_checkpoint,
     list_checkpoints,
+    local_part,
     resume_latest,
     save_checkpoint,
     save_shards,
@@ -182,11 +183,6 @@ def _logged_evals(path: Path) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def _local(p: torch.Tensor) -> torch.Tensor:
-    """This process's part of a (possibly sharded) tensor."""
-    return p.to_local() if hasattr(p, "to_local") else p
-
-
 def _rows(batch: Batch, sl: slice) -> Batch:
     return tuple(t[sl] for t in batch)
 
@@ -249,7 +245,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
 
     def checkpoint(final: bool = False) -> None:
         # A diverged update can leave NaN weights one step before the loss shows it: never save those.
-        if not all_true(all(bool(torch.isfinite(_local(p)).all()) for p in trainable), dist):
+        if not all_true(all(bool(torch.isfinite(local_part(p)).all()) for p in trainable), dist):
             raise diverged("the weights hold NaN or infinity")
         if sharded:
             sharded_checkpoint(final)

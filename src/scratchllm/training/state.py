@@ -49,12 +49,18 @@ class TrainState:
     tokens_seen: int = 0
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor (a DTensor's shard under FSDP; a plain tensor is all of itself)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state as named tensors (this process's shard of each, under FSDP) + the param groups."""
     sd = opt.state_dict()
     tensors = {}
     for idx, slots in sd["state"].items():
         for name, value in slots.items():
-            tensors[f"state.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{idx}.{name}"] = local_part(value) if torch.is_tensor(value) else torch.tensor(value)
     return tensors, {"param_groups": sd["param_groups"]}
 
 
@@ -71,7 +77,7 @@ def checkpoint_tmp(run_dir: Path, step: int, create: bool = True) -> Path:
     tmp = Path(run_dir) / CHECKPOINTS / f"{_PREFIX}{step:06d}.tmp"
     if create:
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / SHARDS).mkdir(parents=True)
+        tmp.mkdir(parents=True)
     return tmp
 
 
@@ -94,15 +100,10 @@ def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generato
                     config: dict, keep_last: int) -> Path:  # fmt: skip
     """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
     tmp = checkpoint_tmp(run_dir, state.step)
-    (tmp / SHARDS).rmdir()  # a full checkpoint has no shards
     save_model(model, tmp)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     return finish_checkpoint(tmp, sampler_rng, state, config, keep_last, opt_meta)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _shard_file(folder: Path, rank: int, world: int) -> Path:
@@ -112,13 +113,11 @@ def _shard_file(folder: Path, rank: int, world: int) -> Path:
 def save_shards(model, optimizer, folder: Path, rank: int, world: int) -> dict:
     """This process's shard of the weights and AdamW state as one safetensors file (no pickle, unlike
     torch.distributed.checkpoint's metadata); returns the optimizer's param groups for state.json."""
-    tensors = {f"model.{n}": _local(t) for n, t in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, slots in opt["state"].items():
-        for name, value in slots.items():
-            tensors[f"optim.{idx}.{name}"] = _local(value) if torch.is_tensor(value) else torch.tensor(value)
-    save_tensors(tensors, _shard_file(folder, rank, world))
-    return {"param_groups": opt["param_groups"]}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors({**{f"model.{n}": local_part(t) for n, t in model.state_dict().items()}, **opt_tensors},
+                 _shard_file(folder, rank, world))  # fmt: skip
+    return opt_meta
 
 
 def load_shards(model, optimizer, folder: Path, opt_meta: dict, rank: int, world: int) -> None:
@@ -142,19 +141,17 @@ def load_shards(model, optimizer, folder: Path, opt_meta: dict, rank: int, world
     with torch.no_grad():
         for name, t in model.state_dict().items():
             saved = tensors.get(f"model.{name}")
-            if saved is None or saved.shape != _local(t).shape:
+            if saved is None or saved.shape != local_part(t).shape:
                 raise DamagedCheckpoint(f"{path}: shard of {name!r} missing or of another shape")
-            _local(t).copy_(saved)
+            local_part(t).copy_(saved)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, slot = key.split(".", 2)
-            p = params[int(idx)]
+    opt_state = _unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("state.")}, opt_meta)
+    for idx, slots in opt_state["state"].items():
+        p = params[idx]
+        for slot, value in slots.items():
             if isinstance(p, DTensor) and value.dim() > 0:  # moments are sharded like their parameter
-                value = DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-            state.setdefault(int(idx), {})[slot] = value
-    optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+                slots[slot] = DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+    optimizer.load_state_dict(opt_state)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
