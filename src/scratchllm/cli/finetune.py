@@ -30,20 +30,12 @@ def register(sub) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from scratchllm.cli.flags import config_overrides, is_main_process
-    from scratchllm.errors import ScratchLLMError
+    from scratchllm.cli.flags import config_file_for, config_overrides, is_main_process
     from scratchllm.training.classify import finetune_classifier
     from scratchllm.training.config import ClassifyConfig, build_config
 
-    if args.resume and args.overwrite:
-        raise ScratchLLMError("--resume continues a run and --overwrite replaces it: give one of them")
-    config_file = args.config
-    if args.resume and config_file is None:
-        saved = Path(args.out_dir or ClassifyConfig.out_dir) / "config.yaml"
-        config_file = saved if saved.exists() else None
-    cfg = build_config(config_file, ClassifyConfig, **config_overrides(args))
+    cfg = build_config(config_file_for(args, ClassifyConfig), ClassifyConfig, **config_overrides(args))
     result = finetune_classifier(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():
         return 0  # under torchrun, rank 0 alone reports

@@ -39,3 +39,17 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def is_main_process() -> bool:
     """False on the other ranks of a torchrun launch, which train but do not report."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def config_file_for(args: argparse.Namespace, cls: type):
+    """--config, or on --resume the run's own resolved config.yaml (flags given now still override it)."""
+    from pathlib import Path
+
+    from scratchllm.errors import ScratchLLMError
+
+    if args.resume and args.overwrite:
+        raise ScratchLLMError("--resume continues a run and --overwrite replaces it: give one of them")
+    if args.config is None and args.resume:
+        saved = Path(args.out_dir or cls.out_dir) / "config.yaml"
+        return saved if saved.exists() else None
+    return args.config

@@ -49,27 +49,16 @@ def _parse_bool(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scratchllm.cli.flags import config_overrides, is_main_process
+    from scratchllm.cli.flags import config_file_for, config_overrides, is_main_process
     from scratchllm.training.config import build_config
     from scratchllm.training.trainer import pretrain
 
     values = vars(args)
     overrides = config_overrides(args)
     model_overrides = {k.split("__", 1)[1]: v for k, v in values.items() if k.startswith("model__") and v is not None}
-    config_file = args.config
-    if args.resume and config_file is None:
-        # Continue with the run's own resolved config; flags given now still override it (e.g. --max-steps).
-        from pathlib import Path
+    from scratchllm.training.config import PretrainConfig
 
-        from scratchllm.training.config import PretrainConfig
-
-        saved = Path(args.out_dir or PretrainConfig.out_dir) / "config.yaml"
-        config_file = saved if saved.exists() else None
-    cfg = build_config(config_file, model_overrides=model_overrides, **overrides)
-    if args.resume and args.overwrite:
-        from scratchllm.errors import ScratchLLMError
-
-        raise ScratchLLMError("--resume continues a run and --overwrite replaces it: give one of them")
+    cfg = build_config(config_file_for(args, PretrainConfig), model_overrides=model_overrides, **overrides)
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():
         return 0  # under torchrun, rank 0 alone reports

@@ -13,7 +13,6 @@ the whole test split.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from scratchllm.files import atomic_write
 from scratchllm.models.classifier import SequenceClassifier, set_trainable
 from scratchllm.training.config import ClassifyConfig
 from scratchllm.training.distributed import init_distributed, shutdown
-from scratchllm.training.loop import RunResult, Task, claim_run_dir, epoch_rows, fit
+from scratchllm.training.loop import RunResult, Task, claim_run_dir, epoch_rows, fit, open_run_dir
 
 CLASSIFIER_FILE = "classifier.json"
 
@@ -160,11 +159,7 @@ def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bo
         if cfg.epochs is not None:
             cfg.max_steps = cfg.epochs * (len(train) // rows)
         if dist.is_main:
-            if replacing:
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(run_dir / "config.yaml")
-            tokenizer.save(run_dir / "scratchllm-tokenizer.json")
+            open_run_dir(run_dir, replacing, cfg, tokenizer)
             info = {"labels": train.names, "pooling": cfg.pooling, "pad_id": pad_id, "max_length": length}
             atomic_write(run_dir / CLASSIFIER_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
             truncated = sum(s.truncated for s in splits.values())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from scratchllm.checkpoints.io import CONFIG_FILE, save_model
 from scratchllm.errors import ScratchLLMError
 from scratchllm.files import atomic_write, claim_output_folder
 from scratchllm.hardware import resolve_dtype, utilisation
+from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import TrainSettings
 from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
 from scratchllm.training.schedule import lr_at
@@ -136,6 +138,16 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
             f"--out-dir {run_dir} already holds files (a run?); pass --resume to continue it, --overwrite to "
             "replace it, or choose another --out-dir"
         ) from None
+
+
+def open_run_dir(run_dir: Path, replacing: bool, cfg: TrainSettings, tokenizer) -> None:
+    """Rank 0, once data and model are ready: clear a replaced run, write the config and the tokenizer."""
+    if replacing:
+        shutil.rmtree(run_dir)
+        print(f"--overwrite: removed the previous contents of {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    tokenizer.save(run_dir / OUR_FILE)
 
 
 class _Log:

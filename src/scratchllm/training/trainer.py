@@ -8,7 +8,6 @@ training RNGs). `pretrain` prepares the data, builds a fresh model and hands bot
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from scratchllm.data.pipeline import options_from, prepare_data
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import Transformer, get_config
 from scratchllm.models.stats import model_stats
-from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import PretrainConfig
 from scratchllm.training.distributed import barrier, init_distributed, shutdown
 from scratchllm.training.evaluate import perplexity, split_loss
-from scratchllm.training.loop import RunResult, Task, autocast_dtype, claim_run_dir, epoch_rows, fit
+from scratchllm.training.loop import RunResult, Task, autocast_dtype, claim_run_dir, epoch_rows, fit, open_run_dir
 from scratchllm.training.loss import cross_entropy, lm_loss
 
 
@@ -166,12 +164,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist, overwrite: bool 
     stats = model_stats(model_config, seq_len)
     task = PretrainTask(cfg, prepared, tokenizer, seq_len, amp, stats.train_flops_per_token)
     if main:
-        if replacing:
-            shutil.rmtree(run_dir)
-            print(f"--overwrite: removed the previous contents of {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        tokenizer.save(run_dir / OUR_FILE)
+        open_run_dir(run_dir, replacing, cfg, tokenizer)
         global_rows = cfg.batch_size * cfg.grad_accum * dist.world_size
         print(
             f"model {model_config.name}: {stats.params / 1e6:.2f} M parameters, context {model_config.context_length}; "
