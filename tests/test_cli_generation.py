@@ -51,14 +51,15 @@ def test_generate_cli_greedy_matches_library(model_dir, gpt2_tokenizer, capsys, 
             "12", "--dtype", "fp32", "--stats", *compile]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr()
-    from scratchllm.cli.generate import prepare_for_inference
+    from scratchllm.generation.engine import Engine
 
     model = load_model_folder(model_dir)
     # The same weight layout / compiled step as the CLI: a random tiny model has near-ties that another
     # kernel's rounding can flip.
-    prepare_for_inference(model, None, compile=bool(compile))
+    engine = Engine(model, gpt2_tokenizer, compile=bool(compile))
     ids = gpt2_tokenizer.encode("Every effort moves you")
-    expected = generate(model, [ids], GenerationConfig(max_new_tokens=12, stop_ids=(50256,)), gpt2_tokenizer).texts[0]
+    cfg = GenerationConfig(max_new_tokens=12, stop_ids=(50256,))
+    expected = generate(model, [ids], cfg, engine=engine).texts[0]
     assert out.out == "Every effort moves you" + expected + "\n"
     assert "decode" in out.err and "tokens/s" in out.err
 

@@ -172,38 +172,43 @@ def _check_book_parameter_counts():
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
 def test_kv_cache_matches_full_forward(preset):
+    from scratchllm.models.attention import KVCache
+
     torch.manual_seed(0)
     model = build_model(preset).eval()
     idx = torch.randint(0, model.config.vocab_size, (2, 20))
     with torch.no_grad():
         full = model(idx)
-        model.setup_cache(2, 32)
-        pieces = [model(idx[:, :7], start=0), model(idx[:, 7:12], start=7)]  # prefill, then a chunk
-        pieces += [model(idx[:, t : t + 1], start=t) for t in range(12, 20)]  # one token at a time
+        cache = KVCache.allocate(model.config, 2, 32, torch.float32)
+        pieces = [model(idx[:, :7], cache, start=0), model(idx[:, 7:12], cache, start=7)]  # prefill, then a chunk
+        pieces += [model(idx[:, t : t + 1], cache, start=t) for t in range(12, 20)]  # one token at a time
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
     with pytest.raises(ScratchLLMError, match="KV cache is full"):
-        model(idx[:, :1], start=32)
+        model(idx[:, :1], cache, start=32)
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
-def test_left_padding_with_positions_matches_unpadded(preset):
-    """Row 1 is left-padded by 3; with its own position ids and key mask it must equal running it alone."""
+def test_rows_of_different_lengths_decode_together(preset):
+    """Two sequences prefilled alone into rows of one cache, then one decode step with per-row slots and a
+    key mask, must give each row the logits of its whole sequence run without a cache."""
+    from scratchllm.models.attention import KVCache
+
     torch.manual_seed(0)
     model = build_model(preset).eval()
-    short = torch.randint(0, 500, (1, 5))
-    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)
-    positions = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]])
-    key_mask = torch.tensor([[False] * 3 + [True] * 5])
+    seqs = [torch.randint(0, 500, (1, n)) for n in (9, 4)]
+    nxt = torch.tensor([[7], [11]])
     with torch.no_grad():
-        alone = model(short)
-        model.setup_cache(1, 16)
-        got = model(padded, start=0, positions=positions, key_mask=key_mask)
-        nxt = model(torch.tensor([[7]]), start=8, positions=torch.tensor([[5]]),
-                    key_mask=torch.cat([key_mask, torch.ones(1, 8, dtype=torch.bool)], 1))  # fmt: skip
-        model.clear_cache()
-        alone_next = model(torch.cat([short, torch.tensor([[7]])], dim=1))
-    assert torch.allclose(got[:, 3:], alone, atol=1e-5)
-    assert torch.allclose(nxt[:, -1], alone_next[:, -1], atol=1e-5)
+        cache = KVCache.allocate(model.config, 2, 16, torch.float32)
+        for t in cache.k + cache.v:  # stale values beyond a row's length (an earlier request's) must not count
+            t.fill_(100.0)
+        for row, seq in enumerate(seqs):
+            model(seq, cache.select(row, row + 1), start=0)
+        slots = torch.tensor([9, 4])
+        key_mask = torch.arange(10)[None, :] <= slots[:, None]
+        got = model(nxt, cache, positions=slots[:, None], key_mask=key_mask)[:, -1]
+        for row, seq in enumerate(seqs):
+            alone = model(torch.cat([seq, nxt[row : row + 1]], dim=1))[:, -1]
+            assert torch.allclose(got[row], alone[0], atol=1e-5)
 
 
 def test_context_length_is_enforced():

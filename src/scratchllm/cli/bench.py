@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scratchllm.cli.generate import add_model_arguments, prepare_for_inference
+from scratchllm.cli.generate import add_model_arguments, announce_compile
 
 
 def register(sub) -> None:
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scratchllm.checkpoints.load import load_checkpoint
     from scratchllm.errors import ScratchLLMError
+    from scratchllm.generation.engine import Engine
     from scratchllm.generation.generate import GenerationConfig, generate
 
     if args.threads:
@@ -59,12 +60,14 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     model = loaded.model
     device = str(model.tok_emb.weight.device)
-    prepare_for_inference(model, args.quantize, args.compile)
     context = model.config.context_length
     if max(lengths) + args.new_tokens > context:
         raise ScratchLLMError(
             f"prompt length {max(lengths)} + {args.new_tokens} new tokens exceeds the context {context}"
         )
+    announce_compile(args.compile)
+    engine = Engine(model, max_batch=max(batches), max_seq_len=max(lengths) + args.new_tokens,
+                    quantize=args.quantize, compile=args.compile)  # fmt: skip
     # Bytes one decode step must read: every weight except the embedding tables, of which it reads a row
     # (a tied head is counted through `out_head.weight`).
     weights = {t.data_ptr(): t.numel() * t.element_size() for name, t in model.state_dict().items()
@@ -92,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
             for batch in batches:
                 prompts = torch.randint(0, model.config.vocab_size, (batch, length), generator=g).tolist()
                 if batch not in warmed:  # warm-up per batch size (with --compile, each compiles once)
-                    generate(model, prompts, GenerationConfig(max_new_tokens=2))
+                    generate(model, prompts, GenerationConfig(max_new_tokens=2), engine=engine)
                     warmed.add(batch)
-                r = generate(model, prompts, GenerationConfig(max_new_tokens=args.new_tokens))
+                r = generate(model, prompts, GenerationConfig(max_new_tokens=args.new_tokens), engine=engine)
                 tpot = r.decode_seconds / max(r.decode_steps, 1)
                 util = (weight_bytes / tpot) / bandwidth if bandwidth and r.decode_steps else None
                 row = {

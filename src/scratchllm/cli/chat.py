@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load_for_generation
+from scratchllm.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load_engine
 
 
 def register(sub) -> None:
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.generation.chat import Conversation, pick_template
     from scratchllm.generation.generate import stream_text
 
-    model, tokenizer = load_for_generation(args)
+    engine = load_engine(args)
+    model, tokenizer = engine.model, engine.tokenizer
     template = pick_template(args.template, tokenizer)
     base_cfg = generation_config(args, tokenizer)
     cfg = dataclasses.replace(base_cfg, stop_strings=tuple(base_cfg.stop_strings) + template.stop_strings)
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         reply = ""
         try:
             with torch.inference_mode():
-                for piece in stream_text(model, tokenizer, ids, cfg):
+                for piece in stream_text(model, tokenizer, ids, cfg, engine=engine):
                     reply += piece
                     sys.stdout.write(piece)
                     sys.stdout.flush()

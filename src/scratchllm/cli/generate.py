@@ -45,46 +45,37 @@ def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def load_for_generation(args):
-    """Model and tokenizer from the --checkpoint/--tokenizer flags, with a clear error if no tokenizer."""
+def load_engine(args, max_batch: int = 1, max_seq_len: int | None = None, need_tokenizer: bool = True):
+    """The generation engine for the --checkpoint/--tokenizer/--dtype/--device/--quantize/--compile flags."""
     from scratchllm.checkpoints.load import check_tokenizer_fits, load_checkpoint
     from scratchllm.errors import ScratchLLMError
+    from scratchllm.generation.engine import Engine
     from scratchllm.tokenizers.formats import load_tokenizer
 
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
-    prepare_for_inference(loaded.model, args.quantize, args.compile)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
-    if tokenizer is None:
+    if tokenizer is None and need_tokenizer:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint; pass --tokenizer")
-    where = f"--tokenizer {args.tokenizer}" if args.tokenizer else args.checkpoint
-    check_tokenizer_fits(loaded.model, tokenizer, where)
-    return loaded.model, tokenizer
+    if tokenizer is not None:
+        where = f"--tokenizer {args.tokenizer}" if args.tokenizer else args.checkpoint
+        check_tokenizer_fits(loaded.model, tokenizer, where)
+    announce_compile(args.compile)
+    return Engine(loaded.model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len, quantize=args.quantize,
+                  compile=args.compile)  # fmt: skip
 
 
-def prepare_for_inference(model, quantize: str | None, compile: bool = False) -> None:
-    """Int8 weights and/or a compiled decode step when asked; else the eager CPU-friendly weight layout."""
-    if quantize == "int8":
-        from scratchllm.generation.quantize import quantize_int8
-
-        quantize_int8(model)
+def announce_compile(compile: bool) -> None:
     if compile:
-        from scratchllm.generation.compiled import compile_decode
-
         print("--compile: the decode step compiles on first use (once per process, up to 30 s)", file=sys.stderr)
-        compile_decode(model)
-    elif quantize is None and model.tok_emb.weight.device.type == "cpu":
-        model.use_decode_layout()
 
 
 def generation_config(args, tokenizer):
-    from scratchllm.generation.generate import GenerationConfig
+    from scratchllm.generation.engine import GenerationConfig, end_of_text_ids
 
-    stop_ids = tuple(i for name, i in tokenizer.special_tokens.items()
-                     if name in ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>"))  # fmt: skip
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop_ids=stop_ids,
-        stop_strings=tuple(args.stop),
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        stop_ids=end_of_text_ids(tokenizer), stop_strings=tuple(args.stop),
     )  # fmt: skip
 
 
@@ -105,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generation.generate import stream_text
 
-    model, tokenizer = load_for_generation(args)
+    engine = load_engine(args)
+    model, tokenizer = engine.model, engine.tokenizer
     cfg = generation_config(args, tokenizer)
     if not args.prompt:
         raise ScratchLLMError("--prompt is empty: give some text to continue")
@@ -114,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(args.prompt)
     start = time.perf_counter()
     with torch.inference_mode():
-        for piece in stream_text(model, tokenizer, ids, cfg, timings):
+        for piece in stream_text(model, tokenizer, ids, cfg, timings, engine=engine):
             sys.stdout.write(piece)
             sys.stdout.flush()
     sys.stdout.write("\n")

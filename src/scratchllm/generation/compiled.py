@@ -20,9 +20,10 @@ Decisions:
   the products use the (out, in) layout that MKL handles slowly), batch 4 at 58 vs 45.
 - Weights must be stored (out, in) row-major for the reduction to read them contiguously, so this undoes
   `Transformer.use_decode_layout()`, the eager path's layout trick.
-- The cache slot `start` changes every step, so it is compiled as a symbolic integer; the cache itself has
-  one size per model (`cache_length`). One compile then serves every step, prompt length and generation
-  call of a batch size. inductor keeps compiled kernels in its on-disk cache: later processes start faster.
+- The cache slot changes every step, so it is compiled as a symbolic integer, and the engine's KV cache has
+  one size for its lifetime. A few compiles (one token alone; several rows with per-row slots) then serve
+  every step and prompt length. inductor keeps compiled kernels in its on-disk cache: later processes start
+  faster.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-COMPILED_CACHE_SLOTS = 8192
+from scratchllm.models.linear import rewrite_linears
 
 
 class GemvLinear(nn.Linear):
@@ -48,37 +49,22 @@ class GemvLinear(nn.Linear):
         return y.to(x.dtype)
 
 
+def to_gemv(name: str, layer: nn.Linear) -> nn.Linear:
+    """A plain Linear as a `GemvLinear` sharing its Parameters (ties survive); other kinds stay as they are."""
+    if type(layer) is not nn.Linear:
+        return layer  # int8 layers keep torch._weight_int8pack_mm
+    layer.weight.data = layer.weight.data.contiguous()
+    gemv = GemvLinear(layer.in_features, layer.out_features, bias=False, device="meta")
+    gemv.weight, gemv.bias = layer.weight, layer.bias
+    return gemv
+
+
 @torch.no_grad()
 def compile_decode(model: nn.Module) -> Callable:
-    """Compile `model`'s one-token forward and make `generate` use it; returns the compiled function.
+    """The compiled one-token forward of `model` (its Linear layers become `GemvLinear` on CPU).
 
-    Idempotent: a second call returns the function compiled before. Works on int8-quantised models too
-    (their products stay `torch._weight_int8pack_mm`).
+    The generation engine calls this once and keeps the result; the model itself holds no compiled state.
     """
-    compiled = getattr(model, "compiled_decode", None)
-    if compiled is not None:
-        return compiled
     if model.tok_emb.weight.device.type == "cpu":
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:
-                    child.weight.data = child.weight.data.contiguous()
-                    gemv = GemvLinear(child.in_features, child.out_features, bias=False, device="meta")
-                    gemv.weight, gemv.bias = child.weight, child.bias  # the same Parameters: ties survive
-                    setattr(parent, name, gemv)
-    model.compiled_decode = torch.compile(model.forward, dynamic=True)
-    return model.compiled_decode
-
-
-def cache_length(model: nn.Module, needed: int) -> int:
-    """KV cache slots for `needed` positions: exactly that in eager mode, one fixed size when compiled.
-
-    A compiled step is specialised to its cache buffers' size (marking module buffers dynamic would make the
-    weights' shapes symbolic too, and the products several times slower), so the compiled path always
-    allocates the whole context, as gpt-fast does, capped at `COMPILED_CACHE_SLOTS` for long-context models
-    unless a call needs more. Attention reads only the filled slots: the spare ones cost memory, not time.
-    """
-    context = model.config.context_length
-    if getattr(model, "compiled_decode", None) is None:
-        return min(context, needed)
-    return context if needed > COMPILED_CACHE_SLOTS else min(context, COMPILED_CACHE_SLOTS)
+        rewrite_linears(model, to_gemv)
+    return torch.compile(model.forward, dynamic=True)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.models.linear import rewrite_linears
+
 
 class Int8Linear(nn.Module):
     """A frozen Linear layer with int8 weights and per-output-channel scales."""
@@ -40,8 +42,5 @@ class Int8Linear(nn.Module):
 @torch.no_grad()
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every Linear of a `Transformer` (blocks and output head) by `Int8Linear`, in place."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child))
+    rewrite_linears(model, lambda name, layer: Int8Linear(layer))
     return model

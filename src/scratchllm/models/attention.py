@@ -16,7 +16,8 @@ Decisions (the readable step-by-step versions are in `book_attention.py`, and te
   (T x T) score matrices stay small under `EXPLICIT_ATTENTION_MAX_SCORES`. In float32, forward-only, and
   on GPUs the fused kernels are as fast or faster, so everything else goes through SDPA.
 - The KV cache is preallocated to its maximum length and written in place at the given slot (as in
-  gpt-fast), so decoding never re-concatenates tensors; attention reads the filled prefix only.
+  gpt-fast), so decoding never re-concatenates tensors; attention reads the filled prefix only. It is an
+  object passed to the forward, not module state: each generation owns its own.
 """
 
 from __future__ import annotations
@@ -35,52 +36,87 @@ EXPLICIT_ATTENTION_MAX_LEN = 512
 EXPLICIT_ATTENTION_MAX_SCORES = 1 << 23
 
 
-class KVCache(nn.Module):
-    """Keys and values of past positions for one layer: (batch, n_kv_heads, max_len, head_dim) each."""
+class KVCache:
+    """Keys and values of past positions for every layer of a pool of sequences (rows).
 
-    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device=None):
-        super().__init__()
-        shape = (batch_size, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    Each layer holds k and v of shape (rows, n_kv_heads, max_len, head_dim), preallocated and written in
+    place. The cache belongs to whoever generates (the engine gives every request a row of one pool) and is
+    passed to the forward: modules keep no inference state, so two generations never share one by accident.
+    `select` gives a cache over a range of rows that shares the storage (a prefill writes one row of the pool).
+    """
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.k, self.v = k, v
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, rows: int, max_len: int, dtype, device=None) -> KVCache:
+        shape = (rows, config.n_kv_heads, max_len, config.head_dim)
+        zeros = lambda: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        return cls([zeros() for _ in range(config.n_layers)], [zeros() for _ in range(config.n_layers)])
+
+    @property
+    def rows(self) -> int:
+        return self.k[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (batch, heads, T, head_dim) at slots [start, start+T); return slots [0, start+T)."""
-        end = start + k.shape[2]
-        if end > self.max_len:
+    def select(self, first: int, end: int) -> KVCache:
+        return KVCache([k[first:end] for k in self.k], [v[first:end] for v in self.v])
+
+    def copy_row(self, src: int, dst: int, n_slots: int) -> None:
+        """Move a sequence's first `n_slots` keys/values to another row (the engine keeps live rows contiguous)."""
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :n_slots] = k[src, :, :n_slots]
+            v[dst, :, :n_slots] = v[src, :, :n_slots]
+
+    def update(
+        self, layer: int, slots: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_keys: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (batch, heads, T, head_dim) and return the layer's slots [0, n_keys).
+
+        `slots` is the first slot of a run of T (every row alike: prefill) or, for one token, a (batch,)
+        tensor of each row's own slot (rows of different lengths decoding together).
+        """
+        if n_keys > self.max_len:
             from scratchllm.errors import ScratchLLMError
 
-            raise ScratchLLMError(f"KV cache is full: position {end} exceeds its {self.max_len} slots")
+            raise ScratchLLMError(f"KV cache is full: position {n_keys} exceeds its {self.max_len} slots")
+        k_cache, v_cache = self.k[layer], self.v[layer]
         batch = k.shape[0]
-        self.k[:batch, :, start:end] = k
-        self.v[:batch, :, start:end] = v
-        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+        if isinstance(slots, torch.Tensor):
+            rows = torch.arange(batch, device=k.device)
+            k_cache[rows, :, slots] = k[:, :, 0]
+            v_cache[rows, :, slots] = v[:, :, 0]
+        else:
+            k_cache[:batch, :, slots : slots + k.shape[2]] = k
+            v_cache[:batch, :, slots : slots + k.shape[2]] = v
+        return k_cache[:batch, :, :n_keys], v_cache[:batch, :, :n_keys]
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV, optional RoPE, GQA and an optional KV cache."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # this layer's index into a KVCache
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         q_dim, kv_dim = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
         self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
         self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
         self.drop_rate = config.drop_rate
-        self.kv_cache: KVCache | None = None
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int | None = None,
+        cache: KVCache | None = None,
+        slots: int | torch.Tensor = 0,
+        n_keys: int = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (batch, T, emb_dim). With `start`, read/write the KV cache at slots [start, start+T).
+        """x: (batch, T, emb_dim). With a cache, write keys/values at `slots` and attend slots [0, n_keys).
 
         `mask` (bool, True = may attend, broadcastable to (batch, heads, T, keys)) replaces the causal
         rule when given; without it, attention is causal over the keys in view.
@@ -93,8 +129,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if start is not None and self.kv_cache is not None:
-            k, v = self.kv_cache.update(start, k, v)
+        if cache is not None:
+            k, v = cache.update(self.layer, slots, k, v, n_keys)
         # Causal without a mask tensor when queries and keys cover the same positions; one new token
         # after a cache sees every key in view, which needs no mask either.
         is_causal = bool(mask is None and T > 1 and k.shape[2] == T)  # bool(): a plain flag under torch.compile

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.models.attention import CausalSelfAttention, KVCache, causal_mask
+from scratchllm.models.attention import CausalSelfAttention, KVCache
 from scratchllm.models.config import ModelConfig
 from scratchllm.models.gpt2 import FeedForward, LayerNorm
 from scratchllm.models.llama import RMSNorm, SwiGLUFeedForward
@@ -33,16 +33,16 @@ def make_norm(config: ModelConfig) -> nn.Module:
 class TransformerBlock(nn.Module):
     """Pre-norm block: attention then feed-forward, each wrapped in a shortcut (residual) connection."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
         self.norm1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.norm2 = make_norm(config)
         self.ff = SwiGLUFeedForward(config) if config.mlp == "swiglu" else FeedForward(config)
         self.drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x, rope=None, start=None, mask=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, start, mask))
+    def forward(self, x, rope=None, cache=None, slots=0, n_keys=0, mask=None):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, slots, n_keys, mask))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -55,7 +55,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = None if config.uses_rope else nn.Embedding(config.context_length, config.emb_dim)
         self.drop_emb = nn.Dropout(config.drop_rate)
-        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.final_norm = make_norm(config)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self.tie_weights()
@@ -103,26 +103,28 @@ class Transformer(nn.Module):
     def forward(
         self,
         idx: torch.Tensor,
-        start: int | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (batch, T, vocab) for token ids `idx` (batch, T).
 
-        start:     with a KV cache set up, the cache slot of idx[:, 0] (None = no cache, training).
-        positions: position ids, (T,) or (batch, T); default start, start+1, ... (left-padded batches pass
-                   their own so every row counts from its first real token).
-        key_mask:  (batch, n_slots) bool, False for padding slots that no query may attend.
+        Without a cache (training, scoring) the sequence is processed whole. With a `KVCache` either
+        - `start`: every row's tokens go to slots start, start+1, ... (prefill, possibly in chunks), or
+        - `positions` (batch, 1) and `key_mask` (batch, n_keys): one new token per row at its own slot,
+          rows of different lengths together; key_mask[i, j] says whether row i may attend slot j.
         last_only: compute logits for the last position only (generation needs nothing else).
         """
-        x = self.hidden(idx, start, positions, key_mask)
+        x = self.hidden(idx, cache, start, positions, key_mask)
         return self.out_head(x[:, -1:] if last_only else x)
 
     def hidden(
         self,
         idx: torch.Tensor,
-        start: int | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         head_follows: bool = True,
@@ -134,15 +136,23 @@ class Transformer(nn.Module):
         (a classifier on top), so the embedding's own gradient must be dense.
         """
         batch, T = idx.shape
-        offset = start or 0
-        # The last position from plain integers when possible: reading a tensor back would split a compiled graph.
-        last = offset + T - 1 if positions is None else int(positions.max())
-        if last >= self.config.context_length:
+        mask = None
+        if positions is None:
+            n_keys = start + T
+            positions = torch.arange(start, n_keys, device=idx.device)
+            slots: int | torch.Tensor = start  # a later prefill chunk gets its offset causal mask in attention
+        else:
+            if cache is None or key_mask is None or T != 1:
+                raise ValueError("per-row positions need a KV cache, a key mask and one token per row")
+            n_keys = key_mask.shape[1]
+            slots = positions[:, 0]
+            mask = key_mask[:, None, None, :]
+        if n_keys > self.config.context_length:
             from scratchllm.errors import ScratchLLMError
 
-            raise ScratchLLMError(f"position {last} is beyond the model's context length {self.config.context_length}")
-        if positions is None:
-            positions = torch.arange(offset, offset + T, device=idx.device)
+            raise ScratchLLMError(
+                f"position {n_keys - 1} is beyond the model's context length {self.config.context_length}"
+            )
         x = self._embed_tokens(idx, head_follows)
         rope = None
         if self.pos_emb is not None:
@@ -151,14 +161,8 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
             rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
         x = self.drop_emb(x)
-        mask = None
-        if key_mask is not None:
-            n_keys = offset + T
-            mask = causal_mask(T, n_keys, offset, idx.device)[None, None] & key_mask[:, None, None, :n_keys]
-            # A padding query that may see no key would give NaN; let every query see its own slot.
-            mask = mask | _eye_offset(T, n_keys, offset, device=idx.device)[None, None]
         for block in self.blocks:
-            x = block(x, rope, start, mask)
+            x = block(x, rope, cache, slots, n_keys, mask)
         return self.final_norm(x)
 
     def _embed_tokens(self, idx: torch.Tensor, head_follows: bool = True) -> torch.Tensor:
@@ -176,33 +180,11 @@ class Transformer(nn.Module):
         )
         return F.embedding(idx, weight, sparse=sparse)
 
-    # -- KV cache ------------------------------------------------------------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int | None = None, dtype=None, device=None) -> None:
-        """Preallocate a KV cache for `batch_size` sequences of up to `max_len` tokens in every layer."""
-        max_len = min(max_len or self.config.context_length, self.config.context_length)
-        p = self.tok_emb.weight
-        for block in self.blocks:
-            attn = block.attn
-            attn.kv_cache = KVCache(batch_size, attn.n_kv_heads, max_len, attn.head_dim, dtype or p.dtype,
-                                    device or p.device)  # fmt: skip
-
-    def clear_cache(self) -> None:
-        for block in self.blocks:
-            block.attn.kv_cache = None
-
-    @torch.no_grad()
     def use_decode_layout(self) -> Transformer:
-        """Store float32 Linear weights input-major, for faster one-token decoding on CPU (inference only).
+        """Float32 weights input-major for faster eager decoding on CPU (see `models.linear.decode_layout`)."""
+        from scratchllm.models.linear import decode_layout, rewrite_linears
 
-        Decoding multiplies one row vector by every weight matrix, a memory-bound product. On CPUs (measured
-        with torch 2.13's BLAS on 2 cores) `x @ W` with W stored (in, out) streams about 1.2-2x faster than
-        with `nn.Linear`'s (out, in) layout. The parameter becomes a transposed view of an (in, out) tensor:
-        `F.linear` then passes the contiguous (in, out) matrix straight to BLAS. Values, names and
-        `state_dict()` are unchanged; bf16 weights are left alone (their kernels prefer the usual layout).
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
+        rewrite_linears(self, decode_layout)
         return self
 
     # -- sizes ---------------------------------------------------------------------------------------------
@@ -213,7 +195,3 @@ class Transformer(nn.Module):
             n += self.head_weight.numel()
         return n
 
-
-def _eye_offset(n: int, m: int, offset: int, **kw) -> torch.Tensor:
-    """(n, m) bool with True where column == row + offset (each query's own slot)."""
-    return torch.arange(m, **kw)[None, :] == (torch.arange(n, **kw)[:, None] + offset)

@@ -1,0 +1,424 @@
+"""The generation engine: one prepared model, a pool of KV-cache rows, and continuous batching.
+
+Every inference path goes through `Engine`: `generate()`/`stream_text()` in this package, the `generate`,
+`chat` and `bench` commands, and the OpenAI-compatible server. Design decisions:
+
+- The engine owns the model for inference and prepares it once: eval mode, int8 weights, the compiled
+  one-token step or the eager decode layout (`_prepare`, in that order, through `models.linear`).
+- State per request lives in a `Request` and one row of a `KVCache` pool of `max_batch` rows x
+  `max_seq_len` slots, allocated once. Modules hold nothing, so requests never corrupt each other.
+- Continuous batching (as in Orca / vLLM, without paging): each `step()` first admits waiting requests
+  up to `max_batch` -- each is prefilled alone into a free row, in chunks, writing slots 0.. -- and then
+  runs ONE decode forward for all live rows together. Rows have different lengths: each writes its new
+  key/value at its own slot and a key mask hides the slots beyond it, so a row's result is the result of
+  generating it alone. Decoding reads every weight once per step whatever the batch, so a batch of 8
+  costs little more than one row (the point of batching; `benchmarks/bench_serve.py` measures it).
+- Finished rows leave at once; the last live row moves into the gap (a copy of its filled slots) so live
+  rows stay contiguous and a step is one slice of the pool, never a gather.
+- Each request samples with its own settings and, with a seed, its own `torch.Generator`: a seeded request
+  draws the same tokens whatever else shares its batch. Stop ids, stop strings (held back by
+  `StreamDecoder` until decided) and `max_new_tokens` end rows one by one.
+- Beyond `max_batch` live rows requests wait in a queue bounded by `max_queue`; `submit` refuses more with
+  `EngineBusy` (a server answers 429). `submit` and `cancel` are thread-safe; `step()` runs in one thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.generation.sampling import SamplingConfig, sample_next
+from scratchllm.models.attention import KVCache
+
+DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
+END_OF_TEXT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<|im_end|>", "<|end|>")
+
+
+@dataclass
+class GenerationConfig(SamplingConfig):
+    max_new_tokens: int = 128
+    stop_ids: tuple[int, ...] = ()  # end-of-text ids: a row stops after emitting one
+    stop_strings: tuple[str, ...] = ()  # a row stops once its text contains one (needs a tokenizer)
+    overflow: str = "stop"  # when the cache row is full: "stop" or "slide" (re-prefill the last 3/4)
+    prefill_chunk: int = 1024
+    logprobs: int | None = None  # also report the chosen token's log-probability and this many alternatives
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_new_tokens < 0:
+            raise ScratchLLMError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.overflow not in ("stop", "slide"):
+            raise ScratchLLMError(f"overflow must be 'stop' or 'slide', got {self.overflow!r}")
+        if self.prefill_chunk < 1:
+            raise ScratchLLMError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ScratchLLMError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+
+
+def end_of_text_ids(tokenizer) -> tuple[int, ...]:
+    """The ids of the tokenizer's end-of-text / end-of-turn tokens: generation stops after any of them."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    return tuple(i for name, i in specials.items() if name in END_OF_TEXT_NAMES)
+
+
+class StreamDecoder:
+    """Incremental token -> text decoding that never emits half of a multi-byte UTF-8 character.
+
+    Text that could be the beginning of a stop string is held back until it is known not to be one;
+    `stopped` turns True once a stop string has appeared (the text before it has then been emitted).
+    """
+
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...] = ()):
+        self.tokenizer = tokenizer
+        self.stop_strings = stop_strings
+        self._bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self._hold = max((len(s) - 1 for s in stop_strings), default=0)
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self._pending += self._bytes.decode(self.tokenizer.token_bytes(token))
+        if self.stop_strings and any(s in self._pending for s in self.stop_strings):
+            self.stopped = True
+            cut = min(self._pending.find(s) for s in self.stop_strings if s in self._pending)
+            out, self._pending = self._pending[:cut], ""
+            return out
+        cut = len(self._pending) - self._hold
+        if cut <= 0:
+            return ""
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out, self._pending = self._pending + self._bytes.decode(b"", final=True), ""
+        return out
+
+
+@dataclass
+class TokenOut:
+    """One generated token as a listener sees it: `text` is what it released (held-back text comes later)."""
+
+    token: int
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+class EngineBusy(ScratchLLMError):
+    """The waiting queue is full; try again later."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: its prompt, settings, output so far and, once done, why it ended.
+
+    finish_reason: "length" (max_new_tokens), "stop_id", "stop_string", "context" (its cache row is full),
+    "cancelled" or "error" (then `error` says why). `listener(request, out)` is called from the engine's
+    thread with each `TokenOut`, and once with None when the request has finished.
+    """
+
+    prompt: list[int]
+    cfg: GenerationConfig
+    listener: Callable[[Request, TokenOut | None], None] | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[TokenOut] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+    cancelled: bool = False
+    submitted_at: float = 0.0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prefill_seconds: float = 0.0
+    _filled: int = 0  # cache slots holding this request's keys/values
+    _generator: torch.Generator | None = None
+    _decoder: StreamDecoder | None = None
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+
+@dataclass
+class EngineStats:
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    decoded_tokens: int = 0  # rows x steps
+    largest_batch: int = 0  # most rows decoded together in one step
+
+
+class Engine:
+    """Generation for many requests on one model (see the module docstring for the design).
+
+    quantize: None or "int8"; compile: compile the one-token step (torch.compile); prepare=False uses the
+    model exactly as given (the library's `generate()` does, so it never rewrites a caller's model).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        max_batch: int = 8,
+        max_seq_len: int | None = None,
+        max_queue: int = 256,
+        quantize: str | None = None,
+        compile: bool = False,
+        prepare: bool = True,
+    ):
+        if max_batch < 1:
+            raise ScratchLLMError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        context = model.config.context_length
+        self.max_seq_len = min(context, max_seq_len or DEFAULT_MAX_SEQ_LEN)
+        self.device = model.tok_emb.weight.device
+        self._decode_fn = self._prepare(quantize, compile) if prepare else model
+        self.cache: KVCache | None = None  # allocated on first use
+        self.active: list[Request] = []
+        self.stats = EngineStats()
+        self._waiting: deque[Request] = deque()
+        self._work = threading.Condition()
+
+    def _prepare(self, quantize: str | None, compile: bool):
+        from scratchllm.models.linear import decode_layout, rewrite_linears
+
+        self.model.eval()
+        if quantize not in (None, "int8"):
+            raise ScratchLLMError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize == "int8":
+            from scratchllm.generation.quantize import quantize_int8
+
+            quantize_int8(self.model)
+        if compile:
+            from scratchllm.generation.compiled import compile_decode
+
+            return compile_decode(self.model)
+        if quantize is None and self.device.type == "cpu":
+            rewrite_linears(self.model, decode_layout)
+        return self.model
+
+    # -- requests ----------------------------------------------------------------------------------------
+    def submit(self, prompt: list[int], cfg: GenerationConfig | None = None, listener=None) -> Request:
+        """Queue a request (thread-safe); raises ScratchLLMError for a bad prompt, EngineBusy when full."""
+        cfg = cfg or GenerationConfig()
+        if cfg.stop_strings and self.tokenizer is None:
+            raise ScratchLLMError("stop_strings need a tokenizer to decode the generated text")
+        prompt = self.fit_prompt(prompt, cfg)
+        request = Request(prompt, cfg, listener, submitted_at=time.perf_counter())
+        if cfg.seed is not None:
+            request._generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if self.tokenizer is not None:
+            request._decoder = StreamDecoder(self.tokenizer, cfg.stop_strings)
+        with self._work:
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy(f"the engine's queue is full ({self.max_queue} waiting requests)")
+            self._waiting.append(request)
+            self._work.notify()
+        return request
+
+    def fit_prompt(self, prompt: list[int], cfg: GenerationConfig) -> list[int]:
+        if len(prompt) == 0:
+            raise ScratchLLMError("the prompt is empty: give at least one token")
+        vocab = self.model.config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ScratchLLMError(f"prompt token ids must be in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
+        if len(prompt) < self.max_seq_len:
+            return list(prompt)
+        if cfg.overflow == "slide":
+            return list(prompt[-(self.max_seq_len * 3 // 4) :])
+        limit = (
+            f"the model's context length is {self.max_seq_len}"
+            if self.max_seq_len == self.model.config.context_length
+            else f"this engine's max sequence length is {self.max_seq_len}"
+        )
+        raise ScratchLLMError(
+            f"the prompt has {len(prompt)} tokens but {limit}; shorten it or use overflow='slide' to keep its end"
+        )
+
+    def cancel(self, request: Request) -> None:
+        """Ask for a request to end (thread-safe): it leaves at the next step with finish_reason 'cancelled'."""
+        request.cancelled = True
+        with self._work:
+            self._work.notify()
+
+    @property
+    def idle(self) -> bool:
+        return not self.active and not self._waiting
+
+    def run(self, requests: list[Request] | None = None) -> None:
+        """Step until `requests` (default: everything queued) have finished."""
+        while not (all(r.done for r in requests) if requests is not None else self.idle):
+            self.step()
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self._work:
+            if self.idle:
+                self._work.wait(timeout)
+
+    def fail_all(self, message: str) -> None:
+        """End every live and waiting request with finish_reason 'error' (after a failure in `step`)."""
+        with self._work:
+            waiting, self._waiting = list(self._waiting), deque()
+        for request in self.active + waiting:
+            request.error = message
+            self._finish(request, "error")
+        self.active = []
+
+    # -- one scheduling step -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting requests (prefill each into a free row), then one decode step for all live rows."""
+        if self.cache is None:
+            dtype = self.model.tok_emb.weight.dtype
+            self.cache = KVCache.allocate(self.model.config, self.max_batch, self.max_seq_len, dtype, self.device)
+        self._admit()
+        self._retire()
+        if self.active:
+            self._decode()
+            self._retire()
+
+    def _admit(self) -> None:
+        while len(self.active) < self.max_batch:
+            with self._work:
+                if not self._waiting:
+                    return
+                request = self._waiting.popleft()
+            if request.cancelled:
+                self._finish(request, "cancelled")
+            elif request.cfg.max_new_tokens == 0:
+                self._finish(request, "length")
+            else:
+                self.active.append(request)
+                self._prefill(request, len(self.active) - 1, request.prompt)
+
+    def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
+        start = time.perf_counter()
+        cache = self.cache.select(row, row + 1)
+        chunk = request.cfg.prefill_chunk
+        tokens = torch.tensor([ids], device=self.device)
+        for s in range(0, len(ids), chunk):
+            logits = self.model(tokens[:, s : s + chunk], cache=cache, start=s, last_only=True)
+        request._filled = len(ids)
+        seconds = time.perf_counter() - start
+        request.prefill_seconds += seconds
+        self.stats.prefill_seconds += seconds
+        self._emit([request], logits[:, -1])
+
+    def _decode(self) -> None:
+        for row, request in enumerate(self.active):  # a full row slides or stops before the step
+            if request._filled >= self.max_seq_len:
+                if request.cfg.overflow == "slide":
+                    keep = self.max_seq_len * 3 // 4
+                    self._prefill(request, row, (request.prompt + request.tokens)[-keep:])
+                else:
+                    self._finish(request, "context")
+        self._retire()
+        if not self.active:
+            return
+        start = time.perf_counter()
+        n = len(self.active)
+        last = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.device)
+        filled = [r._filled for r in self.active]
+        cache = self.cache.select(0, n)
+        if n == 1:
+            logits = self._decode_fn(last, cache=cache, start=filled[0], last_only=True)
+        else:
+            slots = torch.tensor(filled, device=self.device)
+            key_mask = torch.arange(max(filled) + 1, device=self.device)[None, :] <= slots[:, None]
+            logits = self._decode_fn(last, cache=cache, positions=slots[:, None], key_mask=key_mask, last_only=True)
+        for r in self.active:
+            r._filled += 1
+        self.stats.decode_seconds += time.perf_counter() - start
+        self.stats.decode_steps += 1
+        self.stats.decoded_tokens += n
+        self.stats.largest_batch = max(self.stats.largest_batch, n)
+        self._emit(list(self.active), logits[:, -1])
+
+    def _emit(self, requests: list[Request], logits: torch.Tensor) -> None:
+        """Choose each row's next token, hand it to its request, and mark the rows that are done."""
+        logits = logits.float()
+        if all(r.cfg.greedy and r.cfg.repetition_penalty == 1.0 for r in requests):
+            chosen = logits.argmax(dim=-1).tolist()
+        else:
+            chosen = []
+            for i, r in enumerate(requests):
+                seen = None
+                if r.cfg.repetition_penalty != 1.0:
+                    seen = torch.tensor([r.prompt + r.tokens], device=self.device)
+                chosen.append(int(sample_next(logits[i : i + 1], r.cfg, r._generator, seen)[0, 0]))
+        now = time.perf_counter()
+        for i, (r, token) in enumerate(zip(requests, chosen)):
+            if r.done:
+                continue
+            r.first_token_at = r.first_token_at or now
+            r.tokens.append(token)
+            out = TokenOut(token, "")
+            if r.cfg.logprobs is not None:
+                logp = torch.log_softmax(logits[i], dim=-1)
+                out.logprob = float(logp[token])
+                if r.cfg.logprobs:
+                    top = torch.topk(logp, r.cfg.logprobs)
+                    out.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist()))
+            if token in r.cfg.stop_ids:
+                reason = "stop_id"
+            else:
+                if r._decoder is not None:
+                    out.text = r._decoder.push(token)
+                reason = "stop_string" if r._decoder is not None and r._decoder.stopped else None
+            if reason is None and len(r.tokens) >= r.cfg.max_new_tokens:
+                reason = "length"
+            if r.cfg.logprobs is not None:
+                r.logprobs.append(out)
+            r.text += out.text
+            if r.listener is not None and (out.text or r.cfg.logprobs is not None or reason != "stop_id"):
+                r.listener(r, out)
+            if reason is not None:
+                self._finish(r, reason)
+
+    def _finish(self, request: Request, reason: str) -> None:
+        if request.done:
+            return
+        if reason != "error" and request._decoder is not None:  # held-back text that was no stop string
+            tail = request._decoder.flush()
+            if tail:
+                request.text += tail
+                if request.listener is not None:
+                    request.listener(request, TokenOut(-1, tail))
+        request.finish_reason = reason
+        request.finished_at = time.perf_counter()
+        if request.listener is not None:
+            request.listener(request, None)
+        request._done.set()
+
+    def _retire(self) -> None:
+        """Drop finished (and cancelled) rows; the last live row moves into each gap."""
+        for request in self.active:
+            if request.cancelled:
+                self._finish(request, "cancelled")
+        row = 0
+        while row < len(self.active):
+            if self.active[row].done:
+                last = self.active.pop()
+                if row < len(self.active):
+                    self.cache.copy_row(len(self.active), row, last._filled)
+                    self.active[row] = last
+            else:
+                row += 1
