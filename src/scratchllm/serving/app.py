@@ -1,0 +1,290 @@
+"""The OpenAI-compatible HTTP server (FastAPI): routes, streaming, errors, and the engine's thread.
+
+How a request flows (docs/architecture.md has the picture):
+1. The route checks the API key, the body size and the JSON, renders chat messages with the model's
+   template, tokenizes, and validates the settings (`serving.protocol`); any problem is a 4xx in OpenAI's
+   error shape and nothing reaches the engine.
+2. It submits one engine `Request` per choice (n) with a listener that forwards each new token from the
+   engine's thread into this request's asyncio queue (`call_soon_threadsafe`).
+3. The engine's thread (`EngineWorker`) loops over `Engine.step()`: new requests are prefilled between
+   decode steps and join the running batch (continuous batching).
+4. The route turns queue items into Server-Sent Events (stream) or one JSON reply. A client that goes
+   away cancels its requests, which leave the batch at the next step.
+An exception inside a step ends the requests in flight with an error (an event, if streaming) and the
+server keeps serving. On shutdown (SIGTERM) uvicorn stops accepting, lets in-flight requests finish for up
+to `graceful_seconds`, then the worker ends what is left with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import traceback
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.generation.engine import Engine, EngineBusy, Request, end_of_text_ids
+from scratchllm.serving import protocol
+from scratchllm.serving.protocol import ApiError
+
+
+class EngineWorker:
+    """Runs `engine.step()` in one background thread while there is work; the HTTP side only submits."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.accepting = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scratchllm-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.engine.wait_for_work(0.05)
+            if self.engine.idle:
+                continue
+            try:
+                self.engine.step()
+            except Exception as e:  # a failed step must not take the server down
+                traceback.print_exc()
+                self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
+
+    def stop(self) -> None:
+        self.accepting = False
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.engine.fail_all("the server is shutting down")
+
+
+class Settings:
+    """What the server was started with (`scratchllm serve` flags)."""
+
+    def __init__(self, model_name: str, template=None, api_key: str | None = None, max_request_bytes: int = 1 << 20,
+                 max_tokens: int = 4096):  # fmt: skip
+        self.model_name, self.template, self.api_key = model_name, template, api_key
+        self.max_request_bytes, self.max_tokens = max_request_bytes, max_tokens
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    """The FastAPI application serving `engine` (which must have a tokenizer)."""
+    if engine.tokenizer is None:
+        raise ScratchLLMError("serving needs a tokenizer: pass --tokenizer")
+    worker = EngineWorker(engine)
+    tokenizer = engine.tokenizer
+    stop_ids = end_of_text_ids(tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(title="scratchllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: HttpRequest, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: HttpRequest, exc: StarletteHTTPException):
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+
+    async def read_body(http: HttpRequest) -> dict:
+        if settings.api_key is not None:
+            if http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+                raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        declared = http.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
+            raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
+        raw = await http.body()
+        if len(raw) > settings.max_request_bytes:
+            raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        model = body.get("model")
+        if model is not None and model != settings.model_name:
+            raise ApiError(404, f"the model '{model}' does not exist; this server has '{settings.model_name}'",
+                           "model", "model_not_found")  # fmt: skip
+        return body
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, allowed_special="all")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok" if worker.accepting else "stopping", "running": len(engine.active),
+                "waiting": len(engine._waiting)}  # fmt: skip
+
+    @app.get("/v1/models")
+    async def models(http: HttpRequest):
+        if settings.api_key is not None and http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
+                "max_model_len": engine.max_seq_len}  # fmt: skip
+        return {"object": "list", "data": [card]}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return resources.files("scratchllm.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+    @app.post("/v1/completions")
+    async def completions(http: HttpRequest):
+        body = await read_body(http)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str) and prompt:
+            ids = encode(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = prompt
+            if min(ids) < 0 or max(ids) >= engine.model.config.vocab_size:
+                raise ApiError(400, f"token ids must be in [0, {engine.model.config.vocab_size})", "prompt")
+        else:
+            raise ApiError(400, "'prompt' must be a non-empty string or list of token ids (one prompt per request)",
+                           "prompt")  # fmt: skip
+        parsed = protocol.parse_settings(body, ids, chat=False, max_seq_len=engine.max_seq_len,
+                                         max_tokens_limit=settings.max_tokens, stop_ids=stop_ids)  # fmt: skip
+        return await respond(http, parsed, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: HttpRequest):
+        body = await read_body(http)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list", "messages")
+        turns = [dict(zip(("role", "content"), protocol.message_text(m, i))) for i, m in enumerate(messages)]
+        if settings.template is None:
+            raise ApiError(400, "this model has no chat template, so chat requests cannot be rendered; use "
+                                "/v1/completions, or start the server with --template", "messages",
+                           "no_chat_template")  # fmt: skip
+        ids = encode(settings.template.render(turns))
+        parsed = protocol.parse_settings(body, ids, chat=True, max_seq_len=engine.max_seq_len,
+                                         max_tokens_limit=settings.max_tokens, stop_ids=stop_ids,
+                                         extra_stops=settings.template.stop_strings)  # fmt: skip
+        return await respond(http, parsed, chat=True)
+
+    async def respond(http: HttpRequest, parsed: protocol.Parsed, chat: bool):
+        if not worker.accepting:
+            raise ApiError(503, "the server is shutting down")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        requests: list[Request] = []
+        try:
+            for index, cfg in enumerate(parsed.configs):
+                listener = lambda r, out, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, r, out))  # noqa: E731
+                requests.append(engine.submit(parsed.prompt, cfg, listener))
+        except EngineBusy as e:
+            for r in requests:
+                engine.cancel(r)
+            raise ApiError(429, f"{e}; retry later") from None
+        except ScratchLLMError as e:
+            for r in requests:
+                engine.cancel(r)
+            raise ApiError(400, str(e), "prompt") from None
+        reply_id = protocol.new_id("chatcmpl" if chat else "cmpl")
+        if parsed.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(stream(queue, requests, parsed, chat, reply_id), media_type="text/event-stream",
+                                     headers=headers)  # fmt: skip
+        return await complete(http, queue, requests, parsed, chat, reply_id)
+
+    async def complete(http, queue, requests, parsed, chat, reply_id):
+        try:
+            while not all(r.done for r in requests):
+                try:
+                    await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+        finally:
+            for r in requests:
+                if not r.done:
+                    engine.cancel(r)
+        failed = next((r for r in requests if r.finish_reason == "error"), None)
+        if failed is not None:
+            return JSONResponse(ApiError(503, failed.error or "generation failed").body(), status_code=503)
+        choices = []
+        for index, r in enumerate(requests):
+            choice = {"index": index, "logprobs": None, "finish_reason": protocol.finish_reason(r)}
+            if parsed.logprobs is not None:
+                outs = r.logprobs
+                choice["logprobs"] = (protocol.chat_logprobs(tokenizer, outs) if chat
+                                      else protocol.completion_logprobs(tokenizer, outs))  # fmt: skip
+            if chat:
+                choice["message"] = {"role": "assistant", "content": r.text}
+            else:
+                choice["text"] = r.text
+            choices.append(choice)
+        kind = "chat.completion" if chat else "text_completion"
+        reply = protocol.envelope(kind, reply_id, settings.model_name, choices)
+        reply["usage"] = protocol.usage(len(parsed.prompt), requests)
+        return reply
+
+    async def stream(queue, requests, parsed, chat, reply_id):
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+
+        def event(choices: list[dict], **extra) -> str:
+            chunk = protocol.envelope(kind, reply_id, settings.model_name, choices, created)
+            if parsed.include_usage:
+                chunk["usage"] = None
+            chunk.update(extra)
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        def choice(index: int, text: str | None, finish: str | None, logprobs=None, role: bool = False) -> dict:
+            c = {"index": index, "logprobs": logprobs, "finish_reason": finish}
+            if chat:
+                c["delta"] = ({"role": "assistant", "content": ""} if role else {}) | (
+                    {"content": text} if text else {})
+            else:
+                c["text"] = text or ""
+            return c
+
+        try:
+            if chat:
+                for index in range(len(requests)):
+                    yield event([choice(index, None, None, role=True)])
+            pending = len(requests)
+            offsets = [0] * len(requests)
+            while pending:
+                index, r, out = await queue.get()
+                if out is None:
+                    pending -= 1
+                    if r.finish_reason == "error":
+                        yield f"data: {json.dumps(ApiError(503, r.error or 'generation failed').body())}\n\n"
+                        break
+                    if r.finish_reason == "cancelled":
+                        break
+                    yield event([choice(index, None, protocol.finish_reason(r))])
+                    continue
+                logprobs = None
+                if parsed.logprobs is not None and out.token >= 0:
+                    logprobs = (protocol.chat_logprobs(tokenizer, [out]) if chat
+                                else protocol.completion_logprobs(tokenizer, [out], offsets[index]))  # fmt: skip
+                offsets[index] += len(out.text)
+                if out.text or logprobs is not None:
+                    yield event([choice(index, out.text, None, logprobs)])
+            else:
+                if parsed.include_usage:
+                    yield event([], usage=protocol.usage(len(parsed.prompt), requests))
+            yield "data: [DONE]\n\n"
+        finally:
+            for r in requests:
+                if not r.done:
+                    engine.cancel(r)
+
+    return app

@@ -1,0 +1,248 @@
+"""The OpenAI-compatible server, hit by the official `openai` client and raw HTTP: a real uvicorn server on a
+loopback port with a small model (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from scratchllm.generation.chat import TEMPLATES
+from scratchllm.generation.engine import Engine, GenerationConfig
+from scratchllm.generation.generate import generate
+from scratchllm.serving.app import Settings
+from tests.serving_helpers import ServerThread
+from tests.test_engine import sharp_model
+
+openai = pytest.importorskip("openai")
+
+MODEL = "tiny-test"
+KEY = "sk-test"
+
+
+@pytest.fixture(scope="module")
+def served(gpt2_tokenizer):
+    model = sharp_model(vocab_size=50257, context_length=128)
+    engine = Engine(model, gpt2_tokenizer, max_batch=8, max_queue=64)
+    with ServerThread(engine, Settings(MODEL, TEMPLATES["plain"], api_key=KEY, max_tokens=100)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def reference(served, gpt2_tokenizer, prompt: str, n: int, stop=()) -> str:
+    """What the library's `generate` gives on the same (prepared) model, greedy."""
+    ids = gpt2_tokenizer.encode(prompt, allowed_special="all")
+    cfg = GenerationConfig(max_new_tokens=n, stop_ids=(50256,), stop_strings=tuple(stop))
+    return generate(served.engine.model, [ids], cfg, tokenizer=gpt2_tokenizer).texts[0]
+
+
+def test_models_and_health(served, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(served.url + "/health").json()["status"] == "ok"
+
+
+def test_completion_streamed_equals_unstreamed_equals_generate(served, client, gpt2_tokenizer):
+    prompt = "Every effort moves you"
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert full.choices[0].text == streamed == reference(served, gpt2_tokenizer, prompt, 24)
+    n_prompt = len(gpt2_tokenizer.encode(prompt))
+    assert (full.usage.prompt_tokens, full.usage.completion_tokens) == (n_prompt, 24)
+    assert full.choices[0].finish_reason == "length"
+    assert len({c.id for c in chunks}) == 1  # one id for every chunk
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-2] if c.choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    assert chunks[-1].usage.prompt_tokens == n_prompt
+
+
+def test_chat_stream_roles_stop_and_max_tokens(served, client, gpt2_tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
+    prompt = TEMPLATES["plain"].render(messages)
+    free = reference(served, gpt2_tokenizer, prompt, 30)
+    stop = free.split()[3]  # a word from the middle of the greedy answer
+    expected = reference(served, gpt2_tokenizer, prompt, 30, stop=("\nUser:", stop))
+    assert stop not in expected and len(expected) < len(free)
+    reply = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=30, stop=stop)
+    assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
+    assert reply.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=30,
+                                                 stop=[stop], stream=True))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    short = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_completion_tokens=5)
+    assert short.usage.completion_tokens == 5 and short.choices[0].finish_reason == "length"
+
+
+def test_seed_n_and_logprobs(client):
+    kwargs = dict(model=MODEL, prompt="Hello there", max_tokens=12, temperature=1.2, seed=5)
+    a, b = client.completions.create(**kwargs), client.completions.create(**kwargs)
+    assert a.choices[0].text == b.choices[0].text
+    many = client.completions.create(**kwargs, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2] and many.usage.completion_tokens == 36
+    assert many.choices[0].text == a.choices[0].text and len({c.text for c in many.choices}) > 1
+    lp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                        temperature=0, logprobs=True, top_logprobs=3)  # fmt: skip
+    content = lp.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.logprob == pytest.approx(t.top_logprobs[0].logprob) for t in content)  # greedy picks the top one
+    assert all(t.logprob <= 0 for t in content)
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [({"prompt": "x", "temperature": -1}, 400, "temperature"), ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+     ({"prompt": "x", "max_tokens": 101}, 400, "max_tokens"), ({"prompt": ""}, 400, "prompt"),
+     ({"prompt": "x", "n": 99}, 400, "n"), ({"prompt": "x", "stop": 3}, 400, "stop"),
+     ({"prompt": "x", "presence_penalty": 1.0}, 400, "presence_penalty"),
+     ({"prompt": "x", "logprobs": 21}, 400, "logprobs"), ({"prompt": "x", "top_p": 0}, 400, "top_p"),
+     ({"prompt": "word " * 120, "max_tokens": 20}, 400, "max_tokens"),
+     ({"prompt": "x", "model": "other"}, 404, "model")],
+)  # fmt: skip
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, client, body, status, param):
+    r = httpx.post(served.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert client.completions.create(model=MODEL, prompt="ok", max_tokens=2, temperature=0).usage.completion_tokens == 2
+
+
+def test_auth_size_json_and_routes(served):
+    url = served.url
+    assert httpx.post(url + "/v1/completions", json={"prompt": "x"}).status_code == 401
+    assert httpx.post(url + "/v1/completions", json={"prompt": "x"},
+                      headers={"Authorization": "Bearer wrong"}).json()["error"]["code"] == "invalid_api_key"  # fmt: skip
+    auth = {"Authorization": f"Bearer {KEY}"}
+    big = httpx.post(url + "/v1/completions", content=b"{" + b" " * (2 << 20) + b"}", headers=auth)
+    assert big.status_code == 413 and "error" in big.json()
+    bad = httpx.post(url + "/v1/completions", content=b"{not json", headers=auth)
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
+    assert httpx.get(url + "/v1/nothing", headers=auth).json()["error"]["type"] == "not_found_error"
+    msgs = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]}, headers=auth)
+    assert msgs.status_code == 400 and msgs.json()["error"]["param"] == "messages[0].role"
+
+
+def test_openai_client_raises_its_own_errors(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="x", temperature=5)
+    assert caught.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def bigram_model(chain: list[int]):
+    """A GPT-2 whose blocks are switched off (zero output projections) and whose embedding / head make it a
+    lookup table: after chain[i] it predicts chain[i + 1], surely. Lets a test choose what the model writes."""
+    import torch
+
+    model = sharp_model(vocab_size=50257, context_length=64)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn.proj.weight", "attn.proj.bias", "ff.fc2.weight", "ff.fc2.bias")) or "pos_emb" in name:
+                p.zero_()
+        model.tok_emb.weight.zero_()
+        model.out_head.weight.zero_()
+        for i, (a, b) in enumerate(zip(chain, chain[1:])):
+            model.tok_emb.weight[a, i] = 10.0
+            model.out_head.weight[b, i] = 20.0
+    return model
+
+
+def test_streamed_text_is_utf8_safe(gpt2_tokenizer):
+    """The model writes "日本語 🤖" one byte-level token at a time (most tokens are a piece of a character);
+    no streamed piece may hold half a character, and the pieces join to the exact text."""
+    ids = gpt2_tokenizer.encode("naïve 日本語 🤖")
+    assert len(set(ids)) == len(ids)
+    engine = Engine(bigram_model(ids + [50256]), gpt2_tokenizer, max_batch=2)
+    with ServerThread(engine, Settings("bigram")) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        chunks = list(client.completions.create(model="bigram", prompt=ids[:2], max_tokens=20, temperature=0,
+                                                stream=True))  # fmt: skip
+    pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert "".join(pieces) == " 日本語 🤖" and chunks[-1].choices[0].finish_reason == "stop"
+    assert len(pieces) >= 3 and not any("\ufffd" in p for p in pieces)
+
+
+def test_eight_concurrent_clients_are_batched_and_get_their_own_answers(served, client):
+    prompts = [f"Story number {i}: once upon a time" for i in range(8)]
+    one_by_one = [client.completions.create(model=MODEL, prompt=p, max_tokens=40, temperature=0).choices[0].text
+                  for p in prompts]  # fmt: skip
+    served.engine.stats.largest_batch = 0
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(8)
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        results[i] = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=40,
+                                               temperature=0).choices[0].text  # fmt: skip
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results[i] for i in range(8)] == one_by_one
+    assert served.engine.stats.largest_batch >= 4  # they were decoded together, not one after another
+
+
+def test_bounded_load(served, client):
+    """A fixed number of streaming requests from 16 threads against a time limit; all complete, exact usage."""
+    deadline = time.time() + 120
+    done: list[int] = []
+    errors: list[Exception] = []
+
+    def worker(k: int) -> None:
+        for j in range(3):
+            if time.time() > deadline:
+                return
+            try:
+                text, usage = "", None
+                for c in client.completions.create(model=MODEL, prompt=f"Request {k}.{j}", max_tokens=10 + k,
+                                                   temperature=0.7, seed=k, stream=True,
+                                                   stream_options={"include_usage": True}):  # fmt: skip
+                    text += c.choices[0].text if c.choices else ""
+                    usage = c.usage or usage
+                assert usage.completion_tokens <= 10 + k
+                done.append(k)
+            except Exception as e:  # collected: an assertion in a thread would be lost
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=150)
+    assert not errors and len(done) == 48
+    assert httpx.get(served.url + "/health").json() == {"status": "ok", "running": 0, "waiting": 0}
+
+
+def test_chat_without_template_is_a_clear_400(gpt2_tokenizer):
+    engine = Engine(sharp_model(vocab_size=50257, context_length=64), gpt2_tokenizer, max_batch=2)
+    with ServerThread(engine, Settings("base")) as server:
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_chat_template"
+        ok = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+def test_sse_wire_format(served):
+    """The raw stream: `data: {json}` events, one id, [DONE] last (what any SSE client relies on)."""
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 5, "stream": True, "temperature": 0}
+    with httpx.stream("POST", served.url + "/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
