@@ -17,7 +17,7 @@ def sharp_model(preset: str = "gpt-tiny", **overrides):
     torch.manual_seed(0)
     model = build_model(preset, **overrides).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.25)
     return model

@@ -25,7 +25,8 @@ import traceback
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -99,10 +100,12 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     async def http_error(request: HttpRequest, exc: StarletteHTTPException):
         return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
 
+    def check_key(http: HttpRequest) -> None:
+        if settings.api_key is not None and http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+
     async def read_body(http: HttpRequest) -> dict:
-        if settings.api_key is not None:
-            if http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-                raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        check_key(http)
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
             raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
@@ -131,8 +134,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(http: HttpRequest):
-        if settings.api_key is not None and http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        check_key(http)
         card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
                 "max_model_len": engine.max_seq_len}  # fmt: skip
         return {"object": "list", "data": [card]}
@@ -149,7 +151,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             prompt = prompt[0]
         if isinstance(prompt, str) and prompt:
             ids = encode(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
             ids = prompt
             if min(ids) < 0 or max(ids) >= engine.model.config.vocab_size:
                 raise ApiError(400, f"token ids must be in [0, {engine.model.config.vocab_size})", "prompt")

@@ -86,15 +86,16 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
     seed = _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
     room = max_seq_len - len(prompt)
     if room < 1:
-        raise ApiError(400, f"the prompt has {len(prompt)} tokens; this server's maximum context length is "
-                            f"{max_seq_len} tokens", "messages" if chat else "prompt", "context_length_exceeded")  # fmt: skip
+        message = f"the prompt has {len(prompt)} tokens; this server's maximum context length is {max_seq_len} tokens"
+        raise ApiError(400, message, "messages" if chat else "prompt", "context_length_exceeded")
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, name, None, 1, max_tokens_limit, integer=True)
     if max_tokens is None:
         max_tokens = min(room, max_tokens_limit) if chat else min(16, room)
     elif len(prompt) + max_tokens > max_seq_len:
-        raise ApiError(400, f"this server's maximum context length is {max_seq_len} tokens; the prompt has "
-                            f"{len(prompt)} and {name} asks for {max_tokens}", name, "context_length_exceeded")  # fmt: skip
+        message = (f"this server's maximum context length is {max_seq_len} tokens; the prompt has {len(prompt)} "
+                   f"and {name} asks for {max_tokens}")  # fmt: skip
+        raise ApiError(400, message, name, "context_length_exceeded")
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
