@@ -14,7 +14,7 @@ from scratchllm.generation.chat import TEMPLATES
 from scratchllm.generation.engine import Engine, GenerationConfig
 from scratchllm.generation.generate import generate
 from scratchllm.serving.app import Settings
-from tests.serving_helpers import ServerThread
+from tests.serving_helpers import ServerThread, scripted_model
 from tests.test_engine import sharp_model
 
 openai = pytest.importorskip("openai")
@@ -142,30 +142,12 @@ def test_openai_client_raises_its_own_errors(client):
         client.completions.create(model="nope", prompt="x")
 
 
-def bigram_model(chain: list[int]):
-    """A GPT-2 whose blocks are switched off (zero output projections) and whose embedding / head make it a
-    lookup table: after chain[i] it predicts chain[i + 1], surely. Lets a test choose what the model writes."""
-    import torch
-
-    model = sharp_model(vocab_size=50257, context_length=64)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("attn.proj.weight", "attn.proj.bias", "ff.fc2.weight", "ff.fc2.bias", "pos_emb.weight")):
-                p.zero_()
-        model.tok_emb.weight.zero_()
-        model.out_head.weight.zero_()
-        for i, (a, b) in enumerate(zip(chain, chain[1:])):
-            model.tok_emb.weight[a, i] = 10.0
-            model.out_head.weight[b, i] = 20.0
-    return model
-
-
 def test_streamed_text_is_utf8_safe(gpt2_tokenizer):
     """The model writes "日本語 🤖" one byte-level token at a time (most tokens are a piece of a character);
     no streamed piece may hold half a character, and the pieces join to the exact text."""
     ids = gpt2_tokenizer.encode("naïve 日本語 🤖")
     assert len(set(ids)) == len(ids)
-    engine = Engine(bigram_model(ids + [50256]), gpt2_tokenizer, max_batch=2)
+    engine = Engine(scripted_model(ids[2:] + [50256], prompt_len=2), gpt2_tokenizer, max_batch=2)
     with ServerThread(engine, Settings("bigram")) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         chunks = list(client.completions.create(model="bigram", prompt=ids[:2], max_tokens=20, temperature=0,

@@ -32,17 +32,15 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond the batch; more get 429")
     p.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask for")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--graceful-seconds", type=int, default=30, help="on shutdown, time for requests to finish")
+    p.add_argument("--graceful-seconds", type=float, default=30, help="on shutdown, time for requests to finish")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from scratchllm.cli.generate import load_engine
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generation.chat import pick_template
-    from scratchllm.serving.app import Settings, create_app
+    from scratchllm.serving.app import Settings, create_app, serve
 
     for flag in ("max_batch", "max_queue", "max_tokens", "max_request_bytes"):
         if getattr(args, flag) < 1:
@@ -60,6 +58,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving {name} on http://{args.host}:{args.port} (chat page at /, API at /v1; "
           f"template: {template.name if template else 'none'}; batch up to {args.max_batch})",
           file=sys.stderr)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=args.graceful_seconds)  # fmt: skip
+    serve(app, args.host, args.port, args.graceful_seconds)
     return 0

@@ -11,8 +11,8 @@ How a request flows (docs/architecture.md has the picture):
 4. The route turns queue items into Server-Sent Events (stream) or one JSON reply. A client that goes
    away cancels its requests, which leave the batch at the next step.
 An exception inside a step ends the requests in flight with an error (an event, if streaming) and the
-server keeps serving. On shutdown (SIGTERM) uvicorn stops accepting, lets in-flight requests finish for up
-to `graceful_seconds`, then the worker ends what is left with an error event.
+server keeps serving. On SIGTERM or Ctrl-C (`serve`) new requests get 503, those in flight may finish for
+up to `graceful_seconds`, then what is left ends with an error event, and the process exits.
 """
 
 from __future__ import annotations
@@ -59,11 +59,41 @@ class EngineWorker:
                 traceback.print_exc()
                 self.engine.fail_all(f"generation failed: {type(e).__name__}: {e}")
 
+    def drain(self, seconds: float) -> None:
+        """Refuse new requests (503) and give those in flight up to `seconds` to finish; end the rest with an
+        error (streams get an error event and [DONE]), so no client is left hanging on a closed socket."""
+        self.accepting = False
+        deadline = time.monotonic() + seconds
+        while not self.engine.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.engine.fail_all("the server is shutting down")
+
     def stop(self) -> None:
         self.accepting = False
         self._stop.set()
         self._thread.join(timeout=30)
         self.engine.fail_all("the server is shutting down")
+
+
+def serve(app: FastAPI, host: str, port: int, graceful_seconds: float) -> None:
+    """Run `app` on uvicorn until SIGINT/SIGTERM; the first signal drains (see `EngineWorker.drain`), a second
+    one exits at once."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.draining:
+                return super().handle_exit(sig, frame)
+            self.draining = True
+            threading.Thread(target=self._drain, daemon=True).start()
+
+        def _drain(self) -> None:
+            app.state.worker.drain(graceful_seconds)
+            self.should_exit = True
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)).run()
 
 
 class Settings:
