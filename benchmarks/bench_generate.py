@@ -36,6 +36,7 @@ def main() -> None:
     import transformers
 
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+    from scratchllm.generation.engine import Engine
     from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
     from scratchllm.models import build_model
 
@@ -52,14 +53,15 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
         ours.load_state_dict(base.state_dict())
-        ours.to(dtype).use_decode_layout()
+        slots = args.prompt_len + args.new_tokens
+        engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots)  # eager decode layout on CPU
         hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
         hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
         hf.to(dtype)
         cfg = GenerationConfig(max_new_tokens=args.new_tokens)
         with torch.inference_mode():
-            generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4))  # warm-up
-            result = generate(ours, [prompt[0].tolist()], cfg)
+            generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=engine)  # warm-up
+            result = generate(ours, [prompt[0].tolist()], cfg, engine=engine)
             ours_tps = result.decode_tokens_per_s
             hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
             start = time.perf_counter()
@@ -99,16 +101,14 @@ def main() -> None:
         )
         print(f"  first 32 greedy tokens identical to transformers: {same}")
         if not args.no_compile:
-            from scratchllm.generation.compiled import compile_decode
-
             c = build_model(args.model).eval()
             c.load_state_dict(base.state_dict())
-            compile_decode(c.to(dtype))
+            c_engine = Engine(c.to(dtype), max_batch=1, max_seq_len=slots, compile=True)
             with torch.inference_mode():
                 start = time.perf_counter()
-                generate(c, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4))  # compiles
+                generate(c, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=c_engine)  # compiles
                 compile_seconds = time.perf_counter() - start
-                c_result = generate(c, [prompt[0].tolist()], cfg)
+                c_result = generate(c, [prompt[0].tolist()], cfg, engine=c_engine)
             c_tps = c_result.decode_tokens_per_s
             c_same = sum(a == b for a, b in zip(c_result.tokens[0], result.tokens[0]))
             print(
@@ -118,14 +118,12 @@ def main() -> None:
                 f"{c_same}/{len(result.tokens[0])} greedy tokens as eager"
             )
         if dtype == torch.bfloat16:
-            from scratchllm.generation.quantize import quantize_int8
-
             q = build_model(args.model).eval()
             q.load_state_dict(base.state_dict())
-            quantize_int8(q.to(dtype))
+            q_engine = Engine(q.to(dtype), max_batch=1, max_seq_len=slots, quantize="int8")
             with torch.inference_mode():
-                generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4))
-                q_result = generate(q, [prompt[0].tolist()], cfg)
+                generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=q_engine)
+                q_result = generate(q, [prompt[0].tolist()], cfg, engine=q_engine)
             q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
             print(
                 f"  scratchllm int8 weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
