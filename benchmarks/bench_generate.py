@@ -54,7 +54,7 @@ def main() -> None:
         ours = build_model(args.model).eval()
         ours.load_state_dict(base.state_dict())
         slots = args.prompt_len + args.new_tokens
-        engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots)  # eager decode layout on CPU
+        engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots)  # fp32 on CPU: oneDNN-packed weights
         hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
         hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
         hf.to(dtype)

@@ -128,7 +128,7 @@ def main() -> None:
     from scratchllm.assets import ASSETS
     from scratchllm.checkpoints.convert import to_hf
     from scratchllm.checkpoints.io import save_model
-    from scratchllm.hardware import cpu_description
+    from scratchllm.hardware import cpu_description, resolve_dtype
     from scratchllm.models import build_model
     from scratchllm.tokenizers.formats import load_tokenizer
 
@@ -143,8 +143,9 @@ def main() -> None:
     tokenizer.save(work / "ours" / "scratchllm-tokenizer.json")
     to_hf(model, tokenizer, work / "hf")
     del model
+    dtype = str(resolve_dtype(args.dtype, "cpu")).replace("torch.", "")
     print(f"model {args.model} (random weights), {args.max_tokens} new tokens per request, greedy, "
-          f"{args.rounds} requests per client; dtype {args.dtype}", flush=True)  # fmt: skip
+          f"{args.rounds} requests per client; {dtype} for both servers", flush=True)  # fmt: skip
     header = f"{'server':22s} {'clients':>7s} {'tokens/s':>12s} {'vs 1':>8s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'TPOT ms':>9s}"
     print(header)
     env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 2))
@@ -165,7 +166,8 @@ def main() -> None:
     if not args.no_peer:
         port = free_port()
         tf = Path(sys.executable).with_name("transformers")
-        proc = subprocess.Popen([str(tf), "serve", str(work / "hf"), "--port", str(port), "--continuous-batching"],
+        proc = subprocess.Popen([str(tf), "serve", str(work / "hf"), "--port", str(port), "--continuous-batching",
+                                 "--dtype", dtype, "--device", "cpu"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:

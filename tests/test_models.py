@@ -246,14 +246,20 @@ def test_replace_rederives_widths():
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
-def test_decode_layout_keeps_values(preset):
+def test_packed_linear_keeps_values(preset):
+    """The engine's fp32 CPU rewrite (oneDNN-packed weights) through the one Linear-rewrite helper."""
+    from scratchllm.generation.packed import PackedLinear, pack_linear
+    from scratchllm.models.linear import rewrite_linears
+
     torch.manual_seed(0)
     model = build_model(preset, tie_embeddings=True).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     idx = torch.randint(0, 512, (2, 12))
-    expected = model(idx)
-    model.use_decode_layout()
-    assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # stored input-major now
-    assert torch.allclose(model(idx), expected, atol=1e-5)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert model.out_head.weight is model.tok_emb.weight
+    with torch.no_grad():
+        expected = model(idx)
+        n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        assert rewrite_linears(model, pack_linear) == n_linear
+        assert isinstance(model.blocks[0].attn.qkv, PackedLinear) and isinstance(model.out_head, PackedLinear)
+        assert torch.allclose(model(idx), expected, atol=1e-5)
+        bf16 = build_model(preset).to(torch.bfloat16)
+        rewrite_linears(bf16, pack_linear)
+        assert type(bf16.blocks[0].attn.qkv) is torch.nn.Linear  # only fp32 is packed

@@ -68,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     announce_compile(args.compile)
     engine = Engine(model, max_batch=max(batches), max_seq_len=max(lengths) + args.new_tokens,
                     quantize=args.quantize, compile=args.compile)  # fmt: skip
-    # Bytes one decode step must read: every weight except the embedding tables, of which it reads a row
-    # (a tied head is counted through `out_head.weight`).
-    weights = {t.data_ptr(): t.numel() * t.element_size() for name, t in model.state_dict().items()
-               if name not in ("tok_emb.weight", "pos_emb.weight")}  # fmt: skip
-    weight_bytes = sum(weights.values())
+    # Bytes one decode step must read: every weight as the engine prepared it (packed, int8 or plain) except
+    # the embedding tables, of which it reads a row; a head tied to the embedding is read whole.
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    skip = ("tok_emb.weight", "pos_emb.weight", "rope_cos", "rope_sin")
+    weight_bytes = sum(t.numel() * t.element_size() for name, t in tensors.items() if name not in skip)
+    weight_bytes += model.tok_emb.weight.numel() * model.tok_emb.weight.element_size() * model.is_tied
     from scratchllm.hardware import memory_bandwidth
 
     bandwidth = memory_bandwidth() if device == "cpu" else None

@@ -15,11 +15,11 @@ Decisions:
   (`GemvLinear`): with several rows the generated loop would read the weights once per row, where BLAS
   reads them once. Eager calls, prefill and batched decoding keep `F.linear`, so a model prepared for
   compiled decoding works everywhere. It accumulates in fp32, also for bf16 weights. On GPUs the plain
-  forward is compiled (cuBLAS is fast there). Batched decoding gains less or nothing: measured with
-  gpt2-small fp32 (`bench`), batch 2 ran at 27 tokens/s compiled vs 35 eager (inside the compiled graph
-  the products use the (out, in) layout that MKL handles slowly), batch 4 at 58 vs 45.
-- Weights must be stored (out, in) row-major for the reduction to read them contiguously, so this undoes
-  `Transformer.use_decode_layout()`, the eager path's layout trick.
+  forward is compiled (cuBLAS is fast there). Batched decoding gains less or nothing (docs/benchmarks.md):
+  inside the compiled graph several rows go through MKL's (out, in) products, which the eager engine's
+  oneDNN-packed weights (`generation.packed`) beat.
+- Weights must be stored (out, in) row-major for the reduction to read them contiguously; the engine
+  therefore compiles instead of packing, never both.
 - The cache slot changes every step, so it is compiled as a symbolic integer, and the engine's KV cache has
   one size for its lifetime. A few compiles (one token alone; several rows with per-row slots) then serve
   every step and prompt length. inductor keeps compiled kernels in its on-disk cache: later processes start

@@ -3,8 +3,8 @@
 Every inference path goes through `Engine`: `generate()`/`stream_text()` in this package, the `generate`,
 `chat` and `bench` commands, and the OpenAI-compatible server. Design decisions:
 
-- The engine owns the model for inference and prepares it once: eval mode, int8 weights, the compiled
-  one-token step or the eager decode layout (`_prepare`, in that order, through `models.linear`).
+- The engine owns the model for inference and prepares it once: eval mode, then int8 weights, the compiled
+  one-token step, or (fp32 on CPU) weights packed for oneDNN (`_prepare`, through `models.linear`).
 - State per request lives in a `Request` and one row of a `KVCache` pool of `max_batch` rows x
   `max_seq_len` slots, allocated once. Modules hold nothing, so requests never corrupt each other.
 - Continuous batching (as in Orca / vLLM, without paging): each `step()` first admits waiting requests
@@ -198,7 +198,7 @@ class Engine:
         self._work = threading.Condition()
 
     def _prepare(self, quantize: str | None, compile: bool):
-        from scratchllm.models.linear import decode_layout, rewrite_linears
+        from scratchllm.models.linear import rewrite_linears
 
         self.model.eval()
         if quantize not in (None, "int8"):
@@ -211,8 +211,10 @@ class Engine:
             from scratchllm.generation.compiled import compile_decode
 
             return compile_decode(self.model)
-        if quantize is None and self.device.type == "cpu":
-            rewrite_linears(self.model, decode_layout)
+        if quantize is None:
+            from scratchllm.generation.packed import pack_linear
+
+            rewrite_linears(self.model, pack_linear)  # fp32 on CPU: weights in oneDNN's layout
         return self.model
 
     # -- requests ----------------------------------------------------------------------------------------

@@ -1,17 +1,16 @@
-"""The one place that rewrites a model's Linear layers: int8 weights, the compiled-decode layer, the eager
-decode layout, and adapters (LoRA) all go through `rewrite_linears`.
+"""The one place that rewrites a model's Linear layers: int8 weights, oneDNN-packed fp32 weights, the
+compiled-decode layer and adapters (LoRA) all go through `rewrite_linears`.
 
-Why one helper: each of these swaps or re-lays-out `nn.Linear` modules, and separate walks used to undo each
-other (the compiled layer needs the (out, in) layout the decode layout had just transposed away). Callers
-now state an order once (the generation engine does), and every rewrite sees qualified names, so a rewrite
-can target modules by name (LoRA's `target_modules`).
+Why one helper: each of these swaps `nn.Linear` modules, and separate walks used to undo each other (the
+compiled layer needs the (out, in) layout an earlier layout rewrite had transposed away). Callers now state
+an order once (the generation engine does), and every rewrite sees qualified names, so a rewrite can target
+modules by name (LoRA's `target_modules`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 
@@ -34,18 +33,3 @@ def rewrite_linears(
                     setattr(parent, name, new)
                 visited += 1
     return visited
-
-
-@torch.no_grad()
-def decode_layout(name: str, layer: nn.Linear) -> nn.Linear:
-    """Store a float32 weight input-major, for faster one-token decoding on CPU (inference only).
-
-    Decoding multiplies one row vector by every weight matrix, a memory-bound product. On CPUs (measured
-    with torch 2.13's BLAS on 2 cores) `x @ W` with W stored (in, out) streams about 1.2-2x faster than
-    with `nn.Linear`'s (out, in) layout. The parameter becomes a transposed view of an (in, out) tensor:
-    `F.linear` then passes the contiguous (in, out) matrix straight to BLAS. Values, names and
-    `state_dict()` are unchanged; bf16 weights are left alone (their kernels prefer the usual layout).
-    """
-    if layer.weight.dtype == torch.float32 and layer.weight.is_contiguous():
-        layer.weight.data = layer.weight.data.t().contiguous().t()
-    return layer

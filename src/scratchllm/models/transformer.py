@@ -180,13 +180,6 @@ class Transformer(nn.Module):
         )
         return F.embedding(idx, weight, sparse=sparse)
 
-    def use_decode_layout(self) -> Transformer:
-        """Float32 weights input-major for faster eager decoding on CPU (see `models.linear.decode_layout`)."""
-        from scratchllm.models.linear import decode_layout, rewrite_linears
-
-        rewrite_linears(self, decode_layout)
-        return self
-
     # -- sizes ---------------------------------------------------------------------------------------------
     def num_parameters(self, count_tied_head: bool = False) -> int:
         """Parameter count; with a tied head, `count_tied_head=True` counts it again (the book's untied figure)."""
