@@ -33,12 +33,17 @@ test: $(VENV)/.test
 test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-# Every benchmark, each against its reference in the same run (about 15-25 minutes on 2 cores).
-bench: $(VENV)/.test
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	touch $@
+
+# Every benchmark, each against its reference in the same run (about 20-30 minutes on 2 cores).
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

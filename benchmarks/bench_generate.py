@@ -54,6 +54,9 @@ def main() -> None:
         ours = build_model(args.model).eval()
         ours.load_state_dict(base.state_dict())
         slots = args.prompt_len + args.new_tokens
+        ours.to(dtype)  # weights read per token, counted before the engine packs them out of state_dict()
+        weight_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values() if t is not None)
+        weight_bytes -= ours.out_head.weight.numel() * ours.out_head.weight.element_size() * ours.config.tie_embeddings
         engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots)  # fp32 on CPU: oneDNN-packed weights
         hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
         hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
@@ -79,8 +82,6 @@ def main() -> None:
             generate_text_simple(ours, prompt, args.uncached_tokens, ours.config.context_length)
             book_tps = args.uncached_tokens / (time.perf_counter() - start)
         same = result.tokens[0][:32] == out[0, args.prompt_len : args.prompt_len + 32].tolist()
-        weight_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values() if t is not None)
-        weight_bytes -= ours.out_head.weight.numel() * ours.out_head.weight.element_size() * ours.config.tie_embeddings
         achieved = ours_tps * weight_bytes
         print(
             f"\n[{dtype_name}] weights {weight_bytes / 1e6:.0f} MB read per token; ceiling "

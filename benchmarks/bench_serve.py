@@ -146,7 +146,8 @@ def main() -> None:
     dtype = str(resolve_dtype(args.dtype, "cpu")).replace("torch.", "")
     print(f"model {args.model} (random weights), {args.max_tokens} new tokens per request, greedy, "
           f"{args.rounds} requests per client; {dtype} for both servers", flush=True)  # fmt: skip
-    header = f"{'server':22s} {'clients':>7s} {'tokens/s':>12s} {'vs 1':>8s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'TPOT ms':>9s}"
+    header = (f"{'server':22s} {'clients':>7s} {'tokens/s':>12s} {'vs 1':>8s} {'TTFT p50':>9s} "
+              f"{'TTFT p95':>9s} {'TPOT ms':>9s}")
     print(header)
     env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 2))
     port = free_port()
@@ -178,7 +179,8 @@ def main() -> None:
                 except Exception as e:  # a peer that starts but fails requests is reported, not fatal
                     print(f"transformers serve failed a request: {e}")
             else:
-                print("transformers serve did not start here: " + (proc.stderr.read()[-400:] if proc.poll() else "timeout"))
+                why = proc.stderr.read()[-400:] if proc.poll() is not None else "no answer within 180 s"
+                print(f"transformers serve did not start here: {why}")
         finally:
             proc.terminate()
             try:
