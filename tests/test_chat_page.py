@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from scratchllm.generation.chat import TEMPLATES
 from scratchllm.generation.engine import Engine
+from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
 from tests.serving_helpers import ServerThread, scripted_model
 
@@ -35,7 +35,7 @@ def browser():
 
 
 def prompt_len(tokenizer, message: str) -> int:
-    return len(tokenizer.encode(TEMPLATES["plain"].render([{"role": "user", "content": message}])))
+    return len(tokenizer.encode(STYLES["plain"].render([{"role": "user", "content": message}])))
 
 
 def wait_for(condition, timeout: float = 30.0):
@@ -58,7 +58,7 @@ def test_message_gets_a_streamed_answer_rendered_as_text(browser, gpt2_tokenizer
     answer = " Hello <b>bold</b> & <script>window.hacked=1</script>"
     script = gpt2_tokenizer.encode(answer) + [50256]
     model = scripted_model(script, prompt_len(gpt2_tokenizer, "Hi"))
-    with ServerThread(Engine(model, gpt2_tokenizer, max_batch=2), Settings("page", TEMPLATES["plain"])) as server:
+    with ServerThread(Engine(model, gpt2_tokenizer, max_batch=2), Settings("page", STYLES["plain"])) as server:
         browser.get(server.url + "/")
         wait_for(lambda: browser.find_element("id", "model").text == "page")  # the page asked /v1/models
         send(browser, "Hi")
@@ -74,7 +74,7 @@ def test_stop_button_ends_the_answer(browser, gpt2_tokenizer):
     cycle = gpt2_tokenizer.encode(" Once upon a time,")
     model = scripted_model(cycle, prompt_len(gpt2_tokenizer, "Tell me"), context=2048, emb_dim=256, repeat=True)
     engine = Engine(model, gpt2_tokenizer, max_batch=2)
-    with ServerThread(engine, Settings("page", TEMPLATES["plain"], max_tokens=4096)) as server:
+    with ServerThread(engine, Settings("page", STYLES["plain"], max_tokens=4096)) as server:
         browser.get(server.url + "/")
         browser.find_element("id", "temperature").clear()
         browser.find_element("id", "temperature").send_keys("0")

@@ -11,9 +11,10 @@ import torch
 
 from scratchllm.checkpoints.io import load_model_folder, save_model
 from scratchllm.cli.main import main
-from scratchllm.generation.chat import TEMPLATES, Conversation, pick_template
+from scratchllm.generation.chat import Conversation, pick_template
 from scratchllm.generation.generate import GenerationConfig, generate
 from scratchllm.models import build_model
+from scratchllm.prompts import STYLES
 
 
 @pytest.fixture(scope="module")
@@ -90,39 +91,15 @@ def test_chat_cli_session(model_dir):
     assert len(result.stdout.splitlines()) == 2  # one reply per question
 
 
-def test_chat_templates_exact_text():
-    """Each template's exact prompt string: the book's Alpaca layout (ch. 7) and Meta's Llama 3 header format."""
-    turns = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."},
-             {"role": "user", "content": "Another?"}]  # fmt: skip
-    system = [{"role": "system", "content": "Be brief."}]
-    assert TEMPLATES["alpaca"].render(turns) == (
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        "\n\n### Instruction:\nName a color.\n\n### Response:\nBlue."
-        "\n\n### Instruction:\nAnother?\n\n### Response:\n"
-    )
-    assert TEMPLATES["llama3"].render(system + turns) == (
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nName a color.<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\nBlue.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nAnother?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    )
-    assert TEMPLATES["plain"].render(system + turns) == (
-        "System: Be brief.\nUser: Name a color.\nAssistant: Blue.\nUser: Another?\nAssistant:"
-    )
-    assert TEMPLATES["plain"].stop_strings == ("\nUser:",)
-    assert TEMPLATES["alpaca"].stop_strings == ("\n\n### Instruction:", "\n### Response:")
-
-
 def test_chat_templates_and_overflow(gpt2_tokenizer):
-    conv = Conversation(TEMPLATES["alpaca"])
+    conv = Conversation(STYLES["alpaca"])
     conv.turns += [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}]
     conv.turns.append({"role": "user", "content": "Another?"})
-    text = TEMPLATES["alpaca"].render(conv.messages())
+    text = STYLES["alpaca"].render(conv.messages())
     assert text.count("### Instruction:") == 2 and text.endswith("### Response:\n")
     long_ids = conv.prompt_ids(gpt2_tokenizer, context_length=45, reply_budget=10)
     assert len(long_ids) + 10 <= 45 and len(conv.turns) == 1  # the oldest pair was dropped
-    llama = TEMPLATES["llama3"].render([{"role": "user", "content": "Hi"}])
+    llama = STYLES["llama3"].render([{"role": "user", "content": "Hi"}])
     assert llama.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert pick_template(None, gpt2_tokenizer).name == "plain"
 

@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from scratchllm.generation.chat import TEMPLATES
 from scratchllm.generation.engine import Engine, GenerationConfig
 from scratchllm.generation.generate import generate
+from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
 from tests.serving_helpers import ServerThread, scripted_model
 from tests.test_engine import sharp_model
@@ -27,7 +27,7 @@ KEY = "sk-test"
 def served(gpt2_tokenizer):
     model = sharp_model(vocab_size=50257, context_length=128)
     engine = Engine(model, gpt2_tokenizer, max_batch=8, max_queue=64)
-    with ServerThread(engine, Settings(MODEL, TEMPLATES["plain"], api_key=KEY, max_tokens=100)) as server:
+    with ServerThread(engine, Settings(MODEL, STYLES["plain"], api_key=KEY, max_tokens=100)) as server:
         yield server
 
 
@@ -67,7 +67,7 @@ def test_completion_streamed_equals_unstreamed_equals_generate(served, client, g
 
 def test_chat_stream_roles_stop_and_max_tokens(served, client, gpt2_tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
-    prompt = TEMPLATES["plain"].render(messages)
+    prompt = STYLES["plain"].render(messages)
     free = reference(served, gpt2_tokenizer, prompt, 30)
     stop = free.split()[3]  # a word from the middle of the greedy answer
     expected = reference(served, gpt2_tokenizer, prompt, 30, stop=("\nUser:", stop))

@@ -15,7 +15,8 @@ from scratchllm.checkpoints.io import atomic_write, save_model, save_tensors
 from scratchllm.errors import ScratchLLMError
 
 
-def to_hf(model, tokenizer, out_dir: str | Path) -> Path:
+def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
+    """Write a HuggingFace folder; a `prompt_style` becomes the tokenizer's `chat_template`."""
     from scratchllm.tokenizers.bpe import BPETokenizer
     from scratchllm.tokenizers.formats import to_hf_tokenizer_json
 
@@ -36,10 +37,13 @@ def to_hf(model, tokenizer, out_dir: str | Path) -> Path:
             raise ScratchLLMError("convert --to hf: only byte-level BPE tokenizers can be exported")
         _write_json(out / "tokenizer.json", to_hf_tokenizer_json(tokenizer))
         eot_text = next((s for s, i in tokenizer.special_tokens.items() if i == eot), None)
-        _write_json(out / "tokenizer_config.json", {
+        tokenizer_config = {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.context_length,
             "bos_token": eot_text, "eos_token": eot_text, "clean_up_tokenization_spaces": False,
-        })  # fmt: skip
+        }  # fmt: skip
+        if prompt_style is not None:
+            tokenizer_config["chat_template"] = prompt_style.chat_template
+        _write_json(out / "tokenizer_config.json", tokenizer_config)
     return out
 
 

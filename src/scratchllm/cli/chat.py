@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from scratchllm.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load_engine
+from scratchllm.prompts import STYLES
 
 
 def register(sub) -> None:
@@ -18,8 +19,8 @@ def register(sub) -> None:
     p.add_argument(
         "--template",
         default=None,
-        choices=["plain", "alpaca", "llama3"],
-        help="prompt format (default: llama3 for Llama 3 tokenizers, else plain)",
+        choices=sorted(STYLES),
+        help="prompt style (default: the one the model was fine-tuned with, llama3 for Llama 3 tokenizers, else plain)",
     )
     p.add_argument("--system", default=None, help="system message")
     p.set_defaults(handler=run)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from scratchllm.cli.generate import add_model_arguments
+from scratchllm.prompts import STYLES
 
 
 def register(sub) -> None:
@@ -23,9 +24,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("SCRATCHLLM_API_KEY"), help="require this bearer key")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the checkpoint's name)")
-    p.add_argument("--template", default=None, choices=["plain", "alpaca", "llama3"],
-                   help="chat prompt format (default: llama3 for Llama 3 tokenizers; otherwise chat requests "
-                        "get a 400 unless a template is given)")  # fmt: skip
+    p.add_argument("--template", default=None, choices=sorted(STYLES),
+                   help="chat prompt style (default: the one the model was fine-tuned with, llama3 for Llama 3 "
+                        "tokenizers; otherwise chat requests get a 400 unless a template is given)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (continuous batching)")
     p.add_argument("--max-seq-len", type=int, default=None, help="KV cache slots per sequence (default: the "
                    "model's context, at most 8192)")  # fmt: skip

@@ -1,10 +1,7 @@
-"""Chat prompt templates and the multi-turn conversation state used by `scratchllm chat`.
+"""Multi-turn conversation state for `scratchllm chat` (prompt styles themselves live in `scratchllm.prompts`).
 
-A template turns a list of messages into the exact text the model was trained on:
-- `plain`:  "User: ...\nAssistant: ..." for base models and our own pretrained models;
-- `alpaca`: the book's ch. 7 instruction format ("### Instruction:" / "### Response:");
-- `llama3`: Meta's header tokens (`<|start_header_id|>role<|end_header_id|>` ... `<|eot_id|>`).
-`Conversation.prompt_ids` drops the oldest turns until the prompt plus the reply budget fits the context.
+`Conversation.prompt_ids` renders the turns with the style and drops the oldest turns until the prompt plus
+the reply budget fits the context.
 """
 
 from __future__ import annotations
@@ -12,59 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scratchllm.errors import ScratchLLMError
-
-ALPACA_HEADER = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+from scratchllm.prompts import STYLES, PromptStyle, default_style, get_style
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
-    name: str
-    stop_strings: tuple[str, ...]
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """Messages ({"role": "system"|"user"|"assistant", "content": ...}) -> prompt ending where the reply starts."""
-        if self.name == "llama3":
-            text = "<|begin_of_text|>"
-            for m in messages:
-                text += f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>"
-            return text + "<|start_header_id|>assistant<|end_header_id|>\n\n"
-        if self.name == "alpaca":
-            text = ALPACA_HEADER
-            for m in messages:
-                if m["role"] == "user":
-                    text += f"\n\n### Instruction:\n{m['content']}"
-                elif m["role"] == "assistant":
-                    text += f"\n\n### Response:\n{m['content']}"
-            return text + "\n\n### Response:\n"
-        text = ""
-        for m in messages:
-            text += f"{m['role'].capitalize()}: {m['content']}\n"
-        return text + "Assistant:"
-
-
-TEMPLATES = {
-    "plain": ChatTemplate("plain", ("\nUser:",)),
-    "alpaca": ChatTemplate("alpaca", ("\n\n### Instruction:", "\n### Response:")),
-    "llama3": ChatTemplate("llama3", ()),  # ends at the <|eot_id|> stop id
-}
-
-
-def pick_template(name: str | None, tokenizer) -> ChatTemplate:
-    """An explicit name, else llama3 for tokenizers with Llama 3's header tokens, else plain."""
+def pick_template(name: str | None, tokenizer, saved: str | None = None) -> PromptStyle:
+    """An explicit name, else the style the model was fine-tuned with, else the tokenizer's, else plain."""
     if name:
-        if name not in TEMPLATES:
-            raise ScratchLLMError(f"--template {name!r}: expected one of {sorted(TEMPLATES)}")
-        return TEMPLATES[name]
-    if "<|start_header_id|>" in getattr(tokenizer, "special_tokens", {}):
-        return TEMPLATES["llama3"]
-    return TEMPLATES["plain"]
+        return get_style(name)
+    if saved:
+        return get_style(saved)
+    return default_style(tokenizer) or STYLES["plain"]
 
 
 @dataclass
 class Conversation:
-    template: ChatTemplate
+    template: PromptStyle
     system: str | None = None
     turns: list[dict[str, str]] = field(default_factory=list)
 

@@ -1,0 +1,138 @@
+"""Prompt styles: how instructions and chat messages become the exact text a model is trained on and prompted with.
+
+One source of truth, below `data` (instruction fine-tuning formats its records with it) and `generation`
+(chat, generate and the server render messages with it):
+- `alpaca`: the book's ch. 7 format: a fixed header, `### Instruction:`, `### Input:` only when the input
+  is non-empty, `### Response:`;
+- `phi3`: the book's exercise 7.1 variant, `<|user|>` then `<|assistant|>:` markers;
+- `chatml`: `<|im_start|>role ... <|im_end|>` turns;
+- `llama3`: Meta's header tokens (`<|start_header_id|>role<|end_header_id|>` ... `<|eot_id|>`);
+- `plain`: "User: ... / Assistant:" for base models.
+A style renders a conversation up to where the reply starts (`render`), formats an instruction record
+(`format_instruction`, the book's `format_input` plus the response marker), and carries a Jinja
+`chat_template` that makes transformers' `apply_chat_template(..., add_generation_prompt=True)` produce
+exactly `render`'s string (tests hold them equal), so an exported fine-tuned model keeps its format.
+The style a model was fine-tuned with is saved in its run folder (`STYLE_FILE`) and used without flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scratchllm.errors import ScratchLLMError
+
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+STYLE_FILE = "prompt_style.json"
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    name: str
+    stop_strings: tuple[str, ...]  # text that ends a reply (besides the tokenizer's end-of-text ids)
+    chat_template: str  # Jinja, for HuggingFace tokenizer_config.json
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Messages ({"role": system|user|assistant, "content": ...}) -> the prompt, ending where the reply starts."""
+        for i, m in enumerate(messages):
+            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ScratchLLMError(f"message {i}: expected a role in {ROLES} and a string content, got {m!r}")
+        return _RENDER[self.name](messages)
+
+    def format_instruction(self, instruction: str, input: str = "") -> str:
+        """An instruction record's prompt (the book's `format_input`), ending with the response marker."""
+        if self.name == "alpaca":
+            text = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+            return text + (f"\n\n### Input:\n{input}" if input else "") + "\n\n### Response:\n"
+        return self.render([{"role": "user", "content": instruction + (f"\n{input}" if input else "")}])
+
+
+def _alpaca(messages: list[dict[str, str]]) -> str:
+    header, rest = (messages[0]["content"], messages[1:]) if messages and messages[0]["role"] == "system" else (
+        ALPACA_HEADER, messages)  # fmt: skip
+    text = header
+    for m in rest:
+        marker = "### Instruction:" if m["role"] == "user" else "### Response:"
+        text += f"\n\n{marker}\n{m['content']}"
+    return text + "\n\n### Response:\n"
+
+
+def _phi3(messages: list[dict[str, str]]) -> str:
+    parts = [f"<|assistant|>:\n{m['content']}" if m["role"] == "assistant" else f"<|{m['role']}|>\n{m['content']}"
+             for m in messages]  # fmt: skip
+    return "\n".join(parts) + "\n<|assistant|>:\n"
+
+
+def _chatml(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + (
+        "<|im_start|>assistant\n")  # fmt: skip
+
+
+def _llama3(messages: list[dict[str, str]]) -> str:
+    turns = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in messages)
+    return "<|begin_of_text|>" + turns + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def _plain(messages: list[dict[str, str]]) -> str:
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+
+
+_RENDER = {"alpaca": _alpaca, "phi3": _phi3, "chatml": _chatml, "llama3": _llama3, "plain": _plain}
+
+# The same rules in Jinja (`add_generation_prompt` appends what `render` always ends with).
+_NL = "\\n"
+_TEMPLATES = {
+    "alpaca": (
+        "{%- if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+        "{%- set rest = messages[1:] %}{%- else %}{{ '" + ALPACA_HEADER + "' }}{%- set rest = messages %}{%- endif %}"
+        "{%- for m in rest %}{%- if m['role'] == 'user' %}"
+        "{{ '" + _NL * 2 + "### Instruction:" + _NL + "' + m['content'] }}"
+        "{%- else %}{{ '" + _NL * 2 + "### Response:" + _NL + "' + m['content'] }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '" + _NL * 2 + "### Response:" + _NL + "' }}{%- endif %}"
+    ),
+    "phi3": (
+        "{%- for m in messages %}{%- if not loop.first %}{{ '" + _NL + "' }}{%- endif %}"
+        "{%- if m['role'] == 'assistant' %}{{ '<|assistant|>:" + _NL + "' + m['content'] }}"
+        "{%- else %}{{ '<|' + m['role'] + '|>" + _NL + "' + m['content'] }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '" + _NL + "<|assistant|>:" + _NL + "' }}{%- endif %}"
+    ),
+    "chatml": (
+        "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '" + _NL + "' + m['content'] + '<|im_end|>" + _NL
+        + "' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant" + _NL + "' }}{%- endif %}"
+    ),
+    "llama3": (
+        "{{ '<|begin_of_text|>' }}{%- for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>"
+        + _NL * 2 + "' + m['content'] + '<|eot_id|>' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>" + _NL * 2 + "' }}{%- endif %}"
+    ),
+    "plain": (
+        "{%- for m in messages %}{{ m['role'] | capitalize }}{{ ': ' + m['content'] + '" + _NL + "' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ 'Assistant:' }}{%- endif %}"
+    ),
+}
+
+STYLES = {
+    "alpaca": PromptStyle(
+        "alpaca", ("\n\n### Instruction:", "\n\n### Input:", "\n### Response:"), _TEMPLATES["alpaca"]
+    ),
+    "phi3": PromptStyle("phi3", ("\n<|user|>", "<|assistant|>:"), _TEMPLATES["phi3"]),
+    "chatml": PromptStyle("chatml", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["chatml"]),
+    "llama3": PromptStyle("llama3", (), _TEMPLATES["llama3"]),  # ends at the <|eot_id|> stop id
+    "plain": PromptStyle("plain", ("\nUser:",), _TEMPLATES["plain"]),
+}
+
+
+def get_style(name: str) -> PromptStyle:
+    if name not in STYLES:
+        raise ScratchLLMError(f"prompt style {name!r}: expected one of {', '.join(STYLES)}")
+    return STYLES[name]
+
+
+def default_style(tokenizer) -> PromptStyle | None:
+    """The style a tokenizer implies: llama3 for Llama 3's header tokens, else none (a base model)."""
+    if "<|start_header_id|>" in (getattr(tokenizer, "special_tokens", {}) or {}):
+        return STYLES["llama3"]
+    return None
