@@ -229,3 +229,24 @@ def test_sse_wire_format(served):
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
+
+
+def test_a_full_queue_answers_429_and_the_server_recovers(gpt2_tokenizer):
+    cycle = gpt2_tokenizer.encode(" Once upon a time,")
+    model = scripted_model(cycle, 3, context=2048, emb_dim=256, repeat=True)
+    engine = Engine(model, gpt2_tokenizer, max_batch=1, max_queue=1)
+    body = {"prompt": [464, 318, 257], "max_tokens": 2000, "stream": True}
+    with ServerThread(engine, Settings("busy")) as server:
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the stream (the server cancels it)
+            next(lines)  # decoding: the one row is taken
+            waiting = threading.Thread(target=httpx.post, args=(server.url + "/v1/completions",),
+                                       kwargs={"json": {**body, "stream": False, "max_tokens": 3}, "timeout": 60})
+            waiting.start()
+            while not engine._waiting:
+                time.sleep(0.01)
+            refused = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+            assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+        waiting.join(timeout=60)  # the closed stream was cancelled, so the waiting request ran
+        ok = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
