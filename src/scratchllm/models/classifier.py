@@ -24,6 +24,8 @@ POOLINGS = ("last", "last-non-pad", "first", "mean")
 
 
 class SequenceClassifier(nn.Module):
+    unused_linears = ("backbone.out_head",)  # the language-model head is never called (LoRA skips it)
+
     def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "last", pad_id: int | None = None):
         super().__init__()
         if pooling not in POOLINGS:

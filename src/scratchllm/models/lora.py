@@ -1,0 +1,167 @@
+"""LoRA (book appendix E): a frozen Linear plus a trainable low-rank update, applied through `rewrite_linears`.
+
+    y = x W^T + b + dropout(x) A^T B^T * (alpha / rank)        A: (rank, in), B: (out, rank)
+
+Decisions:
+- `LoRALinear` is an `nn.Linear` holding the base layer's own Parameters, so the base keeps its names
+  (`blocks.0.attn.qkv.weight` loads as before) and the adapter adds `lora_A` / `lora_B` beside them.
+- B starts at zero (A Kaiming-uniform, as the book): at initialisation the model is exactly the base model.
+- Scaling is alpha / rank, as the LoRA paper, PEFT and litgpt. The book's printed chapter scales by alpha
+  alone; the two agree when rank == alpha, as in every run of the book (rank 16, alpha 16).
+- The fused qkv projection gets one adapter per slice (q, k, v: `splits`), i.e. the book's three separate
+  adapters on W_query, W_key, W_value: the same parameter count (the book's 2,666,528 for its GPT-2
+  classifier), and per-head-group updates stay independent. Exported to PEFT, HF GPT-2's fused `c_attn`
+  takes them as one rank-3r adapter (block-diagonal B), Llama's q/k/v_proj as three.
+- A head tied to the embedding gets its own copy when it is adapted (the book's GPTModel has one anyway).
+- Only the adapters train: `apply_lora` freezes every other parameter. `merge_lora` folds the update into
+  the weights for export or fast inference; `lora_state_dict` is what a LoRA run's checkpoints hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models.linear import rewrite_linears
+
+# Target names (the last part of a Linear's qualified name) and what "all" means.
+TARGETS = ("qkv", "proj", "fc1", "fc2", "gate", "up", "down", "out_head", "head")
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("all",)  # "all" = every Linear, the output head included (as the book)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ScratchLLMError(f"lora rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ScratchLLMError(f"lora alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ScratchLLMError(f"lora dropout must be in [0, 1), got {self.dropout}")
+        self.targets = tuple(self.targets)
+        unknown = [t for t in self.targets if t != "all" and t not in TARGETS]
+        if unknown:
+            raise ScratchLLMError(f"lora target {unknown[0]!r}: expected 'all' or some of {', '.join(TARGETS)}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "targets": list(self.targets)}
+
+
+class LoRALinear(nn.Linear):
+    """A frozen Linear (its own Parameters, its own names) plus `lora_A` / `lora_B` per output slice."""
+
+    def __init__(self, base: nn.Linear, cfg: LoRAConfig, splits: tuple[int, ...] | None = None):
+        super().__init__(base.in_features, base.out_features, bias=False, device="meta")
+        self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and ties unchanged
+        self.splits = tuple(splits or (base.out_features,))
+        if sum(self.splits) != base.out_features:
+            raise ValueError(f"splits {self.splits} do not add up to {base.out_features} outputs")
+        self.rank, self.scaling = cfg.rank, cfg.alpha / cfg.rank
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(len(self.splits) * cfg.rank, base.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, cfg.rank, **kw))
+        for a in self.lora_A.data.split(cfg.rank):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(cfg.dropout)
+        self.enabled = True  # off: the base layer alone (DPO's reference model, without a second copy)
+
+    def delta_weight(self) -> torch.Tensor:
+        """(out, in) update B A * scaling, slice by slice."""
+        parts = [b @ a for b, a in zip(self.lora_B.split(self.splits), self.lora_A.split(self.rank))]
+        return torch.cat(parts) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if not self.enabled:
+            return y
+        z = F.linear(self.lora_dropout(x), self.lora_A)  # (..., slices * rank)
+        if len(self.splits) == 1:
+            return y + F.linear(z, self.lora_B) * self.scaling
+        parts = [F.linear(zs, b) for zs, b in zip(z.split(self.rank, -1), self.lora_B.split(self.splits))]
+        return y + torch.cat(parts, dim=-1) * self.scaling
+
+
+def _qkv_splits(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    from scratchllm.models.attention import CausalSelfAttention
+
+    return {f"{name}.qkv": (m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim, m.n_kv_heads * m.head_dim)
+            for name, m in model.named_modules() if isinstance(m, CausalSelfAttention)}  # fmt: skip
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> int:
+    """Freeze `model` and add LoRA adapters to the target Linear layers; returns the trainable parameter count."""
+    splits = _qkv_splits(model)
+    unused = set(getattr(model, "unused_linears", ()))
+
+    def wanted(name: str) -> bool:
+        return name not in unused and ("all" in cfg.targets or name.rsplit(".", 1)[-1] in cfg.targets)
+
+    if getattr(model, "is_tied", False) and wanted("out_head"):
+        # An adapted head is no longer the embedding: give it its own copy (as the book's GPTModel has), so
+        # merging the update never changes the embedding.
+        import dataclasses
+
+        model.out_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())
+        model.config = dataclasses.replace(model.config, tie_embeddings=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n = rewrite_linears(model, lambda name, layer: LoRALinear(layer, cfg, splits.get(name)), only=wanted)
+    if n == 0:
+        raise ScratchLLMError(f"lora targets {cfg.targets}: no Linear layer of this model matches")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
+    for layer in lora_layers(model).values():
+        layer.enabled = enabled
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only (what a LoRA run's checkpoints hold)."""
+    return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every adapter folded into its base weight (the model itself unchanged)."""
+    layers = lora_layers(model)
+    out = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+    for name, layer in layers.items():
+        merged = layer.weight + layer.delta_weight().to(layer.weight.dtype)
+        out[f"{name}.weight"] = merged
+    return out
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every `LoRALinear` by a plain Linear with the update folded in, in place."""
+
+    def merged(name: str, layer: nn.Module) -> nn.Module:
+        if not isinstance(layer, LoRALinear):
+            return layer
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                          device=layer.weight.device, dtype=layer.weight.dtype)  # fmt: skip
+        plain.weight.copy_(layer.weight + layer.delta_weight().to(layer.weight.dtype))
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+        return plain
+
+    rewrite_linears(model, merged)
+    return model
