@@ -27,6 +27,21 @@ class Loaded:
     model: torch.nn.Module
     tokenizer: object | None
     source: str  # "scratchllm", "huggingface" or "random"
+    prompt_style: str | None = None  # the style a run was fine-tuned with (prompt_style.json)
+
+
+def _saved_style(folder: Path) -> str | None:
+    from scratchllm.files import read_json
+    from scratchllm.prompts import STYLE_FILE, get_style
+
+    path = folder / STYLE_FILE
+    if not path.exists():
+        return None
+    data = read_json(path)
+    name = data.get("style") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        raise ScratchLLMError(f"{path}: expected {{\"style\": NAME}}")
+    return get_style(name).name
 
 
 def _tokenizer_in(folder: Path):
@@ -133,7 +148,8 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
         if (path / "classifier.json").exists():
             raise ScratchLLMError(f"{path}: a classifier run folder (finetune classify); use `scratchllm classify`")
         if (path / CONFIG_FILE).exists():
-            loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm")
+            loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm",
+                            _saved_style(path))  # fmt: skip
         elif (path / "config.json").exists():
             loaded = Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
         elif is_meta_folder(path):

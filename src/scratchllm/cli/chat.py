@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.generation.chat import Conversation, pick_template
     from scratchllm.generation.generate import stream_text
 
-    engine = load_engine(args)
+    engine, saved_style = load_engine(args)
     model, tokenizer = engine.model, engine.tokenizer
-    template = pick_template(args.template, tokenizer)
+    template = pick_template(args.template, tokenizer, saved_style)
     base_cfg = generation_config(args, tokenizer)
     cfg = dataclasses.replace(base_cfg, stop_strings=tuple(base_cfg.stop_strings) + template.stop_strings)
     conv = Conversation(template, args.system)

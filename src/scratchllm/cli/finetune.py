@@ -1,4 +1,5 @@
-"""`scratchllm finetune classify`: turn a pretrained model into a text classifier (book ch. 6).
+"""`scratchllm finetune classify|instruct`: a text classifier (book ch. 6) or an instruction-following model
+(book ch. 7, LoRA from appendix E with --lora / --trainable lora).
 
 Starts from any --checkpoint (a run folder, a HuggingFace or Meta folder, a hub name such as `gpt2`, or a
 preset for random weights), reads a CSV/TSV/JSONL file of labelled texts (or the named dataset `sms-spam`,
@@ -15,9 +16,9 @@ import argparse
 
 def register(sub) -> None:
     from scratchllm.cli.flags import add_config_flags
-    from scratchllm.training.config import ClassifyConfig
+    from scratchllm.training.config import ClassifyConfig, InstructConfig
 
-    p = sub.add_parser("finetune", help="fine-tune a model for a task (classify)", description=__doc__,
+    p = sub.add_parser("finetune", help="fine-tune a model: classify or instruct", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     tasks = p.add_subparsers(dest="action", metavar="TASK", required=True)
     c = tasks.add_parser("classify", help="text classification (book ch. 6)", description=__doc__,
@@ -27,6 +28,39 @@ def register(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
     add_config_flags(c, ClassifyConfig)
     c.set_defaults(handler=run_classify)
+    i = tasks.add_parser("instruct", help="instruction fine-tuning, full or LoRA (book ch. 7, appendix E)",
+                         description=INSTRUCT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    i.add_argument("--config", default=None, help="YAML file with InstructConfig fields")
+    i.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
+    i.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
+    add_config_flags(i, InstructConfig)
+    i.set_defaults(handler=run_instruct)
+
+
+INSTRUCT_DOC = """Instruction fine-tuning (book ch. 7) on the shared training loop.
+
+Starts from any --checkpoint, reads JSON/JSONL records (instruction/input/output, or chat `messages`; default
+`book-instructions`, the book's 1,100 records, downloaded once), formats them with --style (alpaca as the
+book, phi3, chatml, llama3, plain), splits 85/10/5 in file order and trains every weight, or LoRA adapters
+with --lora (--lora-rank, --lora-alpha, --lora-targets). Prints validation responses while training and
+writes the test split's responses to test-responses.json at the end. The run folder remembers the style:
+`generate`, `chat` and `serve` use it without flags. configs/instruct-book.yaml is the book's recipe.
+"""
+
+
+def run_instruct(args: argparse.Namespace) -> int:
+    from scratchllm.cli.flags import config_file_for, config_overrides, is_main_process
+    from scratchllm.training.config import InstructConfig, build_config
+    from scratchllm.training.instruct import finetune_instruct
+
+    cfg = build_config(config_file_for(args, InstructConfig), InstructConfig, **config_overrides(args))
+    result = finetune_instruct(cfg, resume=args.resume, overwrite=args.overwrite)
+    if is_main_process():
+        last = result.evals[-1] if result.evals else {}
+        loss = f"; validation loss {last['val_loss']:.3f}" if "val_loss" in last else ""
+        print(f"\nrun folder: {result.run_dir}{loss}")
+        print(f"try:   scratchllm chat --checkpoint {result.run_dir}")
+    return 0
 
 
 def run_classify(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.0)
 
 
 def load_engine(args, max_batch: int = 1, max_seq_len: int | None = None, need_tokenizer: bool = True):
-    """The generation engine for the --checkpoint/--tokenizer/--dtype/--device/--quantize/--compile flags."""
+    """(engine, the style the checkpoint was fine-tuned with or None) for the model flags."""
     from scratchllm.checkpoints.load import check_tokenizer_fits, load_checkpoint
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generation.engine import Engine
@@ -60,8 +60,9 @@ def load_engine(args, max_batch: int = 1, max_seq_len: int | None = None, need_t
         where = f"--tokenizer {args.tokenizer}" if args.tokenizer else args.checkpoint
         check_tokenizer_fits(loaded.model, tokenizer, where)
     announce_compile(args.compile)
-    return Engine(loaded.model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len, quantize=args.quantize,
-                  compile=args.compile)  # fmt: skip
+    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_seq_len=max_seq_len, quantize=args.quantize,
+                    compile=args.compile)  # fmt: skip
+    return engine, loaded.prompt_style
 
 
 def announce_compile(compile: bool) -> None:
@@ -82,28 +83,38 @@ def generation_config(args, tokenizer):
 def register(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt (streamed)", description=__doc__)
     add_model_arguments(p)
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--prompt", required=True, help="the text to continue (an instruction, for a fine-tuned run)")
+    p.add_argument("--raw", action="store_true",
+                   help="continue --prompt as is, even for a run fine-tuned with a prompt style")  # fmt: skip
     add_sampling_arguments(p)
     p.add_argument("--stats", action="store_true", help="print prefill and decode speed afterwards")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     import torch
 
     from scratchllm.errors import ScratchLLMError
     from scratchllm.generation.generate import stream_text
+    from scratchllm.prompts import get_style
 
-    engine = load_engine(args)
+    engine, style_name = load_engine(args)
     model, tokenizer = engine.model, engine.tokenizer
     cfg = generation_config(args, tokenizer)
     if not args.prompt:
         raise ScratchLLMError("--prompt is empty: give some text to continue")
-    ids = tokenizer.encode(args.prompt, allowed_special="all")
+    text = args.prompt
+    if style_name and not args.raw:  # a fine-tuned run: the prompt is an instruction in its style
+        style = get_style(style_name)
+        text = style.format_instruction(args.prompt)
+        cfg = dataclasses.replace(cfg, stop_strings=cfg.stop_strings + style.stop_strings)
+    ids = tokenizer.encode(text, allowed_special="all")
     timings: dict = {}
-    sys.stdout.write(args.prompt)
+    if text == args.prompt:
+        sys.stdout.write(args.prompt)  # a continuation starts with its prompt; an answer stands alone
     start = time.perf_counter()
     with torch.inference_mode():
         for piece in stream_text(model, tokenizer, ids, cfg, timings, engine=engine):

@@ -40,7 +40,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.cli.generate import load_engine
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.generation.chat import pick_template
+    from scratchllm.prompts import default_style, get_style
     from scratchllm.serving.app import Settings, create_app, serve
 
     for flag in ("max_batch", "max_queue", "max_tokens", "max_request_bytes"):
@@ -48,11 +48,10 @@ def run(args: argparse.Namespace) -> int:
             raise ScratchLLMError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 <= args.port <= 65535:
         raise ScratchLLMError(f"--port must be between 0 and 65535, got {args.port}")
-    engine = load_engine(args, max_batch=args.max_batch, max_seq_len=args.max_seq_len)
+    engine, saved_style = load_engine(args, max_batch=args.max_batch, max_seq_len=args.max_seq_len)
     engine.max_queue = args.max_queue
     tokenizer = engine.tokenizer
-    has_headers = "<|start_header_id|>" in getattr(tokenizer, "special_tokens", {})
-    template = pick_template(args.template, tokenizer) if args.template or has_headers else None
+    template = get_style(args.template or saved_style) if args.template or saved_style else default_style(tokenizer)
     name = args.model_name or Path(str(args.checkpoint).rstrip("/")).name
     settings = Settings(name, template, args.api_key, args.max_request_bytes, args.max_tokens)
     app = create_app(engine, settings)

@@ -125,9 +125,9 @@ def collate(batch: list[list[int]], pad_id: int = 50256, max_length: int | None 
     width = max(len(item) + 1 for item in batch)
     inputs, targets = [], []
     for i, item in enumerate(batch):
-        padded = item + [pad_id] * (width + 1 - len(item))  # the end-of-text token, then padding
+        padded = item + [pad_id] * (width - len(item))  # the end-of-text token, then padding
         x, y = torch.tensor(padded[:-1]), torch.tensor(padded[1:])
-        y[len(item) + 1 :] = IGNORE_INDEX  # padding after the first (end-of-text) one is ignored
+        y[len(item) :] = IGNORE_INDEX  # padding after the first (end-of-text) one is ignored
         if prompt_lens is not None:
             y[: max(prompt_lens[i] - 1, 0)] = IGNORE_INDEX  # targets that predict prompt tokens
         if max_length is not None:

@@ -123,7 +123,23 @@ class PretrainConfig(TrainSettings):
 
 
 @dataclass
-class ClassifyConfig(TrainSettings):
+class LoRASettings:
+    """LoRA fields shared by the fine-tuning configs (used when the task trains adapters)."""
+
+    lora_rank: int = 16
+    lora_alpha: float = 16.0  # scaling alpha / rank (the book: rank 16, alpha 16)
+    lora_dropout: float = 0.0
+    lora_targets: str = "all"  # "all" (every Linear incl. the head) or a comma list: qkv,proj,fc1,fc2,...
+
+    def lora_config(self):
+        from scratchllm.models.lora import LoRAConfig
+
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets)
+
+
+@dataclass
+class ClassifyConfig(TrainSettings, LoRASettings):
     checkpoint: str = "gpt2"  # what to start from: run folder, HF/Meta folder, hub name, or a preset (random)
     tokenizer: str | None = None  # default: the checkpoint's (GPT-2's for a preset)
     data: str = "sms-spam"  # a CSV/TSV/JSONL file, or a named dataset
@@ -133,7 +149,7 @@ class ClassifyConfig(TrainSettings):
     train_fraction: float = 0.7
     val_fraction: float = 0.1  # the rest is the test split
     split_seed: int = 123
-    trainable: str = "last-block"  # head, last-block (+ final norm), last-two-blocks, all
+    trainable: str = "last-block"  # head, last-block (+ final norm), last-two-blocks, all, lora
     pooling: str = "last"  # last, last-non-pad, first, mean
     epochs: int | None = 5  # sets max_steps from the training split's size; null to use max_steps
     max_length: int | None = None  # default: the longest training text, at most the context
@@ -154,10 +170,52 @@ class ClassifyConfig(TrainSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._one_of("pooling", ("last", "last-non-pad", "first", "mean"))
-        self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all"))
+        self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all", "lora"))
         if self.epochs is not None:
             self._at_least("epochs", 1)
+        if self.trainable == "lora":
+            self.lora_config()  # checks the LoRA fields now
 
+
+@dataclass
+class InstructConfig(TrainSettings, LoRASettings):
+    checkpoint: str = "gpt2-medium"  # the book's GPT-2 medium (355M); any run folder, HF/Meta folder, hub name
+    tokenizer: str | None = None
+    data: str = "book-instructions"  # JSON/JSONL records, or the book's 1,100 records (downloaded once)
+    style: str = "alpaca"  # prompt style (scratchllm.prompts): alpaca, phi3, chatml, llama3, plain
+    mask_prompt: bool = False  # also ignore the prompt's tokens in the loss (the book: off)
+    max_length: int | None = None  # truncate examples (default: the model's context length)
+    lora: bool = False  # train LoRA adapters (lora_* fields) instead of every weight
+    epochs: int | None = 2  # sets max_steps from the training split's size; null to use max_steps
+    samples: int = 1  # validation responses printed at each evaluation
+    response_tokens: int = 256  # at most this many tokens per generated response
+    # the book's settings
+    batch_size: int = 8
+    lr: float = 5e-5
+    min_lr: float = 5e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    eval_every: int = 5
+    eval_batches: int = 5
+    out_dir: str = "runs/instruct"
+
+    what: ClassVar[str] = "instruction fine-tuning config"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from scratchllm.prompts import get_style
+
+        get_style(self.style)
+        for name in ("samples", "response_tokens"):
+            self._at_least(name, 0)
+        if self.epochs is not None:
+            self._at_least("epochs", 1)
+        if self.max_length is not None:
+            self._at_least("max_length", 2)
+        if self.lora:
+            self.lora_config()
 
 def load_config_file(path: str | Path, cls: type = None) -> dict[str, Any]:
     """The fields of a YAML config file, checked against the fields of `cls` (default PretrainConfig)."""

@@ -99,8 +99,10 @@ def finish_checkpoint(tmp: Path, sampler_rng: torch.Generator, state: TrainState
 def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, state: TrainState,
                     config: dict, keep_last: int) -> Path:  # fmt: skip
     """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
+    from scratchllm.models.lora import has_lora, lora_state_dict
+
     tmp = checkpoint_tmp(run_dir, state.step)
-    save_model(model, tmp)
+    save_model(model, tmp, lora_state_dict(model) if has_lora(model) else None)  # a LoRA run: adapters only
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     return finish_checkpoint(tmp, sampler_rng, state, config, keep_last, opt_meta)
@@ -210,9 +212,18 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
         torch.set_rng_state(torch_rng)
         sampler_rng.set_state(sampler_state)
         return TrainState(step=step, tokens_seen=tokens_seen)
-    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
-    for alias, name in tied_aliases(model).items():
-        tensors.setdefault(alias, tensors[name])
+    from scratchllm.models.lora import has_lora, lora_state_dict
+
+    adapters_only = has_lora(model)
+    if adapters_only:  # the frozen base comes from --checkpoint; the checkpoint holds the adapters
+        expected = set(lora_state_dict(model))
+        if set(tensors) != expected:
+            odd = sorted(set(tensors) ^ expected)[0]
+            raise ScratchLLMError(f"{folder / WEIGHTS_FILE}: not this run's LoRA adapters ({odd!r} differs)")
+    else:
+        check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
+        for alias, name in tied_aliases(model).items():
+            tensors.setdefault(alias, tensors[name])
     try:
         if apply is not None:
             apply(tensors, _unflatten_optimizer(opt_tensors, opt_meta))
@@ -222,8 +233,9 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
         raise ScratchLLMError(f"{folder}: optimizer state does not match this model ({e})") from None
     if apply is None:
         with torch.no_grad():
-            for name, p in model.state_dict().items():
-                p.copy_(tensors[name])
+            current = model.state_dict()
+            for name in tensors if adapters_only else current:
+                current[name].copy_(tensors[name])
     torch.set_rng_state(torch_rng)
     sampler_rng.set_state(sampler_state)
     return TrainState(step=step, tokens_seen=tokens_seen)
