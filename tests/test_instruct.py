@@ -15,8 +15,8 @@ from scratchllm.training.config import InstructConfig
 from scratchllm.training.instruct import finetune_instruct, respond
 from tests.conftest import shared_file
 
-COLORS = list(zip(["apple", "sky", "grass", "sun", "grape", "carrot", "coal", "snow", "rose", "bear"],
-                  ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]))  # fmt: skip
+THINGS = ["apple", "sky", "grass", "sun", "grape", "carrot", "coal", "snow", "rose", "bear"]
+COLORS = list(zip(THINGS, ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]))
 WORDS = ["cat", "dog", "fish", "bird", "frog", "lion", "wolf", "duck", "goat", "deer"]
 
 
@@ -45,7 +45,8 @@ def test_book_split_and_validation(tmp_path):
     with pytest.raises(ScratchLLMError, match=r"record 0: missing field 'output'"):
         read_examples(bad, STYLES["alpaca"])
     chat = tmp_path / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}))
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    chat.write_text(json.dumps({"messages": turns}))
     (ex,) = read_examples(chat, STYLES["chatml"])
     assert ex.prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" and ex.response == "Yo"
 
@@ -79,7 +80,8 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     assert loaded.prompt_style == "alpaca"
     examples = read_examples(data_file, STYLES["alpaca"])
     train = book_split(examples)[0]
-    answers = respond(loaded.model, loaded.tokenizer, train[:8], end_of_text_ids(loaded.tokenizer), STYLES["alpaca"], 16)
+    stop_ids = end_of_text_ids(loaded.tokenizer)
+    answers = respond(loaded.model, loaded.tokenizer, train[:8], stop_ids, STYLES["alpaca"], 16)
     assert answers == [ex.response for ex in train[:8]]
     saved = json.loads((run / "test-responses.json").read_text())
     assert [r["instruction"] for r in saved] == [ex.record["instruction"] for ex in book_split(examples)[2]]
@@ -111,5 +113,6 @@ def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, t
         names = list(f.keys())
     assert names and all(n.endswith((".lora_A", ".lora_B")) for n in names)  # no second copy of the base
     finetune_instruct(small_run(data_file, tmp_path / "cut", **kw), resume=True)
-    full, resumed = load_tensors(tmp_path / "full" / "model.safetensors"), load_tensors(tmp_path / "cut" / "model.safetensors")
+    full = load_tensors(tmp_path / "full" / "model.safetensors")
+    resumed = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
