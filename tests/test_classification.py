@@ -151,14 +151,15 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     assert "use `scratchllm classify`" in capsys.readouterr().err
 
 
-def test_classification_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("trainable", ["last-block", "lora"])
+def test_classification_resume_is_exact(tmp_path, trainable):
     from scratchllm.training.classify import finetune_classifier
     from scratchllm.training.config import ClassifyConfig
     from scratchllm.training.state import list_checkpoints
 
     def cfg(out):
         return ClassifyConfig(checkpoint="gpt-tiny", data=str(shared_file(SPAM)), text_column="1", label_column="0",
-                              trainable="last-block", epochs=None, max_steps=6, save_every=3, eval_every=3,
+                              trainable=trainable, lora_rank=4, epochs=None, max_steps=6, lr=1e-3, save_every=3, eval_every=3,
                               eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
                               progress=False)  # fmt: skip
 
@@ -177,6 +178,11 @@ def test_classification_resume_is_exact(tmp_path):
 
     a, b = load_tensors(tmp_path / "full" / "model.safetensors"), load_tensors(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if trainable == "lora":  # the run folder holds merged weights: a plain classifier loads them
+        from scratchllm.training.classify import load_classifier
+
+        model, _, _ = load_classifier(tmp_path / "cut")
+        assert not any("lora" in k for k in a) and model(torch.tensor([[1, 2, 3]])).shape == (1, 2)
 
 
 @pytest.mark.parametrize("content,args,fragment", [

@@ -90,6 +90,11 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(run), "--prompt", "What color is the sky?", "--dtype", "fp32"]) == 0
     assert capsys.readouterr().out.strip() == "The sky is blue."
+    out = tmp_path / "train-responses.json"
+    assert main(["respond", "--checkpoint", str(run), "--data", str(data_file), "--split", "train", "--out", str(out),
+                 "--dtype", "fp32", "--max-new-tokens", "16"]) == 0  # fmt: skip
+    assert [r["model_response"] for r in json.loads(out.read_text())[:8]] == answers
+    assert main(["respond", "--checkpoint", str(run), "--data", str(data_file), "--out", str(out)]) == 2  # no overwrite
 
 
 def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, tmp_path):
@@ -116,3 +121,14 @@ def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, t
     full = load_tensors(tmp_path / "full" / "model.safetensors")
     resumed = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_book_recipe_config_is_the_books_settings():
+    from pathlib import Path
+
+    from scratchllm.training.config import build_config
+
+    cfg = build_config(Path(__file__).parents[1] / "configs" / "instruct-book.yaml", InstructConfig)
+    assert (cfg.checkpoint, cfg.data, cfg.style, cfg.epochs, cfg.batch_size) == ("gpt2-medium", "book-instructions",
+                                                                               "alpaca", 2, 8)  # fmt: skip
+    assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.warmup_steps, cfg.mask_prompt) == (5e-5, 5e-5, 0.1, 0, False)

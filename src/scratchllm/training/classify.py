@@ -152,7 +152,12 @@ def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bo
         splits["val"], splits["test"] = (encode(s, tokenizer, pad_id, length) for s in (val, test))
         torch.manual_seed(cfg.seed)
         model = SequenceClassifier(backbone, len(train.names), cfg.pooling, pad_id).to(dist.device)
-        set_trainable(model, cfg.trainable)
+        if cfg.trainable == "lora":  # appendix E: adapters on every Linear incl. the new head, all else frozen
+            from scratchllm.models.lora import apply_lora
+
+            apply_lora(model, cfg.lora_config())
+        else:
+            set_trainable(model, cfg.trainable)
         rows = cfg.batch_size * cfg.grad_accum * dist.world_size
         if len(train) < rows:
             raise ScratchLLMError(f"{cfg.data}: {len(train)} training texts, fewer than a batch of {rows}")

@@ -1,0 +1,61 @@
+"""`scratchllm respond`: a fine-tuned model's responses to instruction records, in the book's JSON shape.
+
+Reads JSON/JSONL records (instruction/input/output or chat `messages`), takes the book's test split (or
+--split all), formats each with the style the run was fine-tuned with (or --style), generates greedily on
+the engine with the style's stop conditions, and writes the records plus `model_response` (book ch. 7.7),
+ready for `evaluate judge`. `finetune instruct` does this for its test split at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from scratchllm.prompts import STYLES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("respond", help="responses of a fine-tuned model to instruction records (JSON)",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned run folder (or any model with --style)")
+    p.add_argument("--data", required=True, help="JSON or JSONL instruction records")
+    p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
+                   help="the book's 85/10/5 split in file order (default: test)")  # fmt: skip
+    p.add_argument("--out", default="responses.json", help="output JSON file")
+    p.add_argument("--style", default=None, choices=sorted(STYLES), help="default: the run's own")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="records generated together")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.data.instructions import book_split, read_examples
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.files import claim_output_file
+    from scratchllm.generation.engine import end_of_text_ids
+    from scratchllm.prompts import get_style
+    from scratchllm.training.instruct import respond, write_responses
+
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise ScratchLLMError("--max-new-tokens and --batch-size must be >= 1")
+    out = claim_output_file(args.out, args.overwrite)
+    loaded = load_checkpoint(args.checkpoint, args.dtype)
+    name = args.style or loaded.prompt_style
+    if name is None:
+        raise ScratchLLMError(f"{args.checkpoint}: no prompt style saved with this model; pass --style")
+    if loaded.tokenizer is None:
+        raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint")
+    style = get_style(name)
+    examples = read_examples(args.data, style)
+    if args.split != "all":
+        train, val, test = book_split(examples)
+        examples = {"train": train, "val": val, "test": test}[args.split]
+    answers = respond(loaded.model, loaded.tokenizer, examples, end_of_text_ids(loaded.tokenizer), style,
+                      args.max_new_tokens, args.batch_size, progress=True)  # fmt: skip
+    write_responses(Path(out), examples, answers)
+    print(f"{len(examples)} responses ({style.name} style) written to {out}")
+    return 0
