@@ -159,8 +159,8 @@ def test_classification_resume_is_exact(tmp_path, trainable):
 
     def cfg(out):
         return ClassifyConfig(checkpoint="gpt-tiny", data=str(shared_file(SPAM)), text_column="1", label_column="0",
-                              trainable=trainable, lora_rank=4, epochs=None, max_steps=6, lr=1e-3, save_every=3, eval_every=3,
-                              eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
+                              trainable=trainable, lora_rank=4, epochs=None, max_steps=6, lr=1e-3, save_every=3,
+                              eval_every=3, eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
                               progress=False)  # fmt: skip
 
     finetune_classifier(cfg(tmp_path / "full"))
