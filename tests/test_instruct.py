@@ -95,6 +95,11 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
                  "--dtype", "fp32", "--max-new-tokens", "16"]) == 0  # fmt: skip
     assert [r["model_response"] for r in json.loads(out.read_text())[:8]] == answers
     assert main(["respond", "--checkpoint", str(run), "--data", str(data_file), "--out", str(out)]) == 2  # no overwrite
+    # Exported, the style becomes the chat template: transformers renders exactly our prompt.
+    assert main(["convert", "--to", "hf", str(run), str(tmp_path / "hf")]) == 0
+    hf_tok = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(tmp_path / "hf")
+    message = [{"role": "user", "content": "What color is the sky?"}]
+    assert hf_tok.apply_chat_template(message, tokenize=False, add_generation_prompt=True) == train[1].prompt
 
 
 def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, tmp_path):
@@ -118,6 +123,7 @@ def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, t
         names = list(f.keys())
     assert names and all(n.endswith((".lora_A", ".lora_B")) for n in names)  # no second copy of the base
     finetune_instruct(small_run(data_file, tmp_path / "cut", **kw), resume=True)
+    assert (tmp_path / "cut" / "peft-adapter" / "adapter_config.json").exists()
     full = load_tensors(tmp_path / "full" / "model.safetensors")
     resumed = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)

@@ -47,10 +47,13 @@ def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
     return out
 
 
-def to_scratchllm(model, tokenizer, out_dir: str | Path) -> Path:
+def to_scratchllm(model, tokenizer, out_dir: str | Path, prompt_style: str | None = None) -> Path:
+    from scratchllm.prompts import STYLE_FILE
     from scratchllm.tokenizers.formats import OUR_FILE
 
     out = save_model(model, out_dir)
+    if prompt_style is not None:
+        _write_json(out / STYLE_FILE, {"style": prompt_style})
     if tokenizer is not None:
         tokenizer.save(out / (OUR_FILE if hasattr(tokenizer, "ranks") else "tokenizer.model"))
     return out

@@ -32,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
         raise ScratchLLMError(f"convert: OUT {args.out} and SOURCE {args.source} overlap; choose another OUT")
     claim_output_folder(args.out, args.overwrite, "converted model")
     loaded = load_checkpoint(args.source, args.dtype, "cpu")
-    write = to_hf if args.to == "hf" else to_scratchllm
-    replace_folder(args.out, lambda tmp: write(loaded.model, loaded.tokenizer, tmp))
+    if args.to == "hf":  # a fine-tuned run's prompt style becomes the tokenizer's chat_template
+        from scratchllm.prompts import get_style
+
+        style = get_style(loaded.prompt_style) if loaded.prompt_style else None
+        replace_folder(args.out, lambda tmp: to_hf(loaded.model, loaded.tokenizer, tmp, prompt_style=style))
+    else:
+        replace_folder(args.out, lambda tmp: to_scratchllm(loaded.model, loaded.tokenizer, tmp, loaded.prompt_style))
     print(f"wrote {args.to} folder {args.out}")
     return 0

@@ -9,7 +9,8 @@ the responses to the first `samples` validation instructions. At the end the tes
 generated with the style's stop conditions and written to `test-responses.json` in the book's shape (each
 record plus `model_response`), ready for `evaluate judge`.
 
-The run folder holds the full weights (a LoRA run's merged into them), the tokenizer and `prompt_style.json`,
+The run folder holds the full weights (a LoRA run's merged into them, its unmerged adapter in PEFT's format
+in `peft-adapter/`), the tokenizer and `prompt_style.json`,
 so `generate`, `chat` and `serve` use the style without being told. A LoRA run's checkpoints hold only the
 adapters and their optimizer state; resuming rebuilds the frozen base from `--checkpoint` and continues
 bit-exactly.
@@ -36,6 +37,7 @@ from scratchllm.training.loss import cross_entropy, fused_linear_cross_entropy
 BOOK_DATA_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/"
                  "instruction-data.json")  # fmt: skip
 RESPONSES_FILE = "test-responses.json"
+PEFT_FOLDER = "peft-adapter"
 
 
 def named_instructions(name: str) -> Path:
@@ -198,6 +200,11 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
                   f"{style.name} style, longest {longest} tokens{cut}; {trainable:,} trainable parameters "
                   f"({'LoRA' if cfg.lora else 'all'}), {cfg.max_steps} steps")  # fmt: skip
         result = fit(model, task, cfg, run_dir, dist, resume, on_step)
+        if dist.is_main and cfg.lora:  # the unmerged adapter for peft users; the run folder holds merged weights
+            from scratchllm.checkpoints.peft import export_peft
+
+            export_peft(model, run_dir / PEFT_FOLDER, base_name=cfg.checkpoint)
+            print(f"LoRA adapter in PEFT's format: {run_dir / PEFT_FOLDER}")
         if dist.is_main and test:
             answers = respond(model, tokenizer, test, stop_ids, style, cfg.response_tokens, progress=cfg.progress)
             write_responses(run_dir / RESPONSES_FILE, test, answers)
