@@ -43,6 +43,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_lora.py
 	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
