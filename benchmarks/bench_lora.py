@@ -27,7 +27,7 @@ def worker(variant: str, model_name: str, dtype: str, steps: int, batch: int, se
     from scratchllm.allocator import keep_freed_memory
     from scratchllm.models import build_model
     from scratchllm.models.lora import LoRAConfig, apply_lora
-    from scratchllm.training.loss import cross_entropy, fused_linear_cross_entropy
+    from scratchllm.training.loss import fused_linear_cross_entropy
 
     keep_freed_memory()  # as `finetune` runs on CPU
     torch.manual_seed(0)
@@ -36,9 +36,7 @@ def worker(variant: str, model_name: str, dtype: str, steps: int, batch: int, se
         apply_lora(model, LoRAConfig(rank=16, alpha=16, targets=tuple(targets.split(","))))
 
     def loss_fn(x, y):  # what InstructTask.loss does
-        if type(model.out_head) is torch.nn.Linear:
-            return fused_linear_cross_entropy(model.hidden(x), model.head_weight, y)
-        return cross_entropy(model(x), y)
+        return fused_linear_cross_entropy(model.hidden(x), model.head_weight, y)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.1, fused=True)

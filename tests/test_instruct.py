@@ -90,6 +90,14 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(run), "--prompt", "What color is the sky?", "--dtype", "fp32"]) == 0
     assert capsys.readouterr().out.strip() == "The sky is blue."
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    chat = subprocess.run([str(Path(sys.executable).with_name("scratchllm")), "chat", "--checkpoint", str(run),
+                           "--dtype", "fp32", "--temperature", "0"], input="What color is the grass?\n",
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert chat.stdout.strip() == "The grass is green." and "alpaca" in chat.stderr  # its style, unasked
     out = tmp_path / "train-responses.json"
     assert main(["respond", "--checkpoint", str(run), "--data", str(data_file), "--split", "train", "--out", str(out),
                  "--dtype", "fp32", "--max-new-tokens", "16"]) == 0  # fmt: skip

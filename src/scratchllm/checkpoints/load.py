@@ -167,3 +167,23 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
         model = Transformer(get_config(spec)).to(device=device, dtype=torch_dtype).eval()
         return Loaded(model, None, "random")
     raise ScratchLLMError(f"--checkpoint {spec}: no such folder, and not a model preset or config file")
+
+
+def load_for_finetuning(spec: str, tokenizer_spec: str | None, seed: int, device: str):
+    """(fp32 model, tokenizer) to fine-tune from `--checkpoint`: a preset gets random weights (seeded) and
+    GPT-2's tokenizer with its vocabulary; `--tokenizer` overrides the checkpoint's."""
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    loaded = load_checkpoint(spec, "fp32", device)
+    tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else loaded.tokenizer
+    model = loaded.model
+    if loaded.source == "random":
+        from scratchllm.models import Transformer, get_config
+
+        tokenizer = tokenizer or load_tokenizer("gpt2")
+        torch.manual_seed(seed)
+        model = Transformer(get_config(spec, vocab_size=tokenizer.vocab_size)).to(device)
+    if tokenizer is None:
+        raise ScratchLLMError(f"--checkpoint {spec}: no tokenizer with it; pass --tokenizer")
+    check_tokenizer_fits(model, tokenizer, tokenizer_spec or spec)
+    return model, tokenizer

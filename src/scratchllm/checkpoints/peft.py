@@ -75,7 +75,7 @@ def export_peft(model, out_dir: str | Path, base_name: str = "") -> Path:
     save_tensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name, "r": rank,
-        "lora_alpha": alpha, "lora_dropout": float(first.lora_dropout.p), "target_modules": targets,
+        "lora_alpha": alpha, "lora_dropout": float(getattr(first.lora_dropout, "p", 0.0)), "target_modules": targets,
         "rank_pattern": ranks, "alpha_pattern": alphas, "fan_in_fan_out": arch == "gpt2", "bias": "none",
         "inference_mode": True,
     }  # fmt: skip

@@ -71,23 +71,34 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, cfg.rank, **kw))
         for a in self.lora_A.data.split(cfg.rank):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(cfg.dropout)
+        # Dropout(p=0) in training mode still copies its input and saves a mask for every layer: skip it.
+        self.lora_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.enabled = True  # off: the base layer alone (DPO's reference model, without a second copy)
 
+    def b_matrix(self) -> torch.Tensor:
+        """(out, slices * rank): each slice's B on the diagonal, so one product applies every slice's adapter."""
+        if len(self.splits) == 1:
+            return self.lora_B
+        return torch.block_diag(*self.lora_B.split(self.splits))
+
     def delta_weight(self) -> torch.Tensor:
-        """(out, in) update B A * scaling, slice by slice."""
-        parts = [b @ a for b, a in zip(self.lora_B.split(self.splits), self.lora_A.split(self.rank))]
-        return torch.cat(parts) * self.scaling
+        """(out, in) update B A * scaling (slice s: B_s A_s)."""
+        return self.b_matrix() @ self.lora_A * self.scaling
+
+    @property
+    def effective_weight(self) -> torch.Tensor:
+        """W + B A * scaling, differentiable in the adapters: lets the fused head + loss train an adapted head
+        without materialising every logit."""
+        return self.weight + self.delta_weight().to(self.weight.dtype) if self.enabled else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         if not self.enabled:
             return y
         z = F.linear(self.lora_dropout(x), self.lora_A)  # (..., slices * rank)
-        if len(self.splits) == 1:
-            return y + F.linear(z, self.lora_B) * self.scaling
-        parts = [F.linear(zs, b) for zs, b in zip(z.split(self.rank, -1), self.lora_B.split(self.splits))]
-        return y + torch.cat(parts, dim=-1) * self.scaling
+        # In place: the base product's output is not needed by its backward, and an (out)-sized temporary per
+        # layer less is measurable on CPU (memory is reused, not returned).
+        return y.add_(F.linear(z, self.b_matrix()), alpha=self.scaling)
 
 
 def _qkv_splits(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -77,8 +77,10 @@ class Transformer(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
-        """The (vocab, emb_dim) output projection, whatever module holds it (a plain, int8 or compiled Linear)."""
-        return self.out_head.weight
+        """The (vocab, emb_dim) output projection, whatever module holds it (a plain, int8, compiled or LoRA
+        Linear; a LoRA head gives its base weight plus the update, differentiable in the adapters)."""
+        effective = getattr(self.out_head, "effective_weight", None)
+        return self.out_head.weight if effective is None else effective
 
     @property
     def is_tied(self) -> bool:

@@ -114,37 +114,17 @@ def load_splits(cfg: ClassifyConfig) -> tuple:
     return split(data, cfg.train_fraction, cfg.val_fraction, cfg.split_seed)
 
 
-def _tokenizer_and_backbone(cfg: ClassifyConfig, loaded, device: str):
-    """The checkpoint's tokenizer (or --tokenizer); a preset (random weights) gets GPT-2's and its vocabulary."""
-    from scratchllm.checkpoints.load import check_tokenizer_fits
-    from scratchllm.tokenizers.formats import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else loaded.tokenizer
-    backbone = loaded.model
-    if loaded.source == "random":
-        from scratchllm.models import Transformer, get_config
-
-        tokenizer = tokenizer or load_tokenizer("gpt2")
-        torch.manual_seed(cfg.seed)
-        backbone = Transformer(get_config(cfg.checkpoint, vocab_size=tokenizer.vocab_size)).to(device)
-    if tokenizer is None:
-        raise ScratchLLMError(f"--checkpoint {cfg.checkpoint}: no tokenizer with it; pass --tokenizer")
-    check_tokenizer_fits(backbone, tokenizer, cfg.tokenizer or cfg.checkpoint)
-    return tokenizer, backbone
-
-
 def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bool = False,
                         on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Fine-tune a classifier as `cfg` says (or resume it); returns the run folder and metrics."""
-    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.checkpoints.load import load_for_finetuning
 
     dist = init_distributed()
     try:
         run_dir = Path(cfg.out_dir)
         replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False
         train, val, test = load_splits(cfg)
-        loaded = load_checkpoint(cfg.checkpoint, "fp32", dist.device)
-        tokenizer, backbone = _tokenizer_and_backbone(cfg, loaded, dist.device)
+        backbone, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
         pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
         limit = backbone.config.context_length
         splits = {"train": encode(train, tokenizer, pad_id, cfg.max_length, limit)}

@@ -68,9 +68,7 @@ class InstructTask(Task):
         return self.collate([train[i] for i in epoch_rows(len(train), rows, step, self.cfg.seed).tolist()])
 
     def loss(self, model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if type(model.out_head) is torch.nn.Linear:  # fused head + loss; an adapted head needs its own forward
-            return fused_linear_cross_entropy(model.hidden(inputs), model.head_weight, targets)
-        return cross_entropy(model(inputs), targets)
+        return fused_linear_cross_entropy(model.hidden(inputs), model.head_weight, targets)
 
     def tokens(self, batch) -> int:
         return int((batch[1] != -100).sum())
@@ -143,28 +141,10 @@ def write_responses(path: Path, examples: list[Example], answers: list[str]) -> 
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _start_model(cfg: InstructConfig, device: str):
-    from scratchllm.checkpoints.load import check_tokenizer_fits, load_checkpoint
-    from scratchllm.tokenizers.formats import load_tokenizer
-
-    loaded = load_checkpoint(cfg.checkpoint, "fp32", device)
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else loaded.tokenizer
-    model = loaded.model
-    if loaded.source == "random":
-        from scratchllm.models import Transformer, get_config
-
-        tokenizer = tokenizer or load_tokenizer("gpt2")
-        torch.manual_seed(cfg.seed)
-        model = Transformer(get_config(cfg.checkpoint, vocab_size=tokenizer.vocab_size)).to(device)
-    if tokenizer is None:
-        raise ScratchLLMError(f"--checkpoint {cfg.checkpoint}: no tokenizer with it; pass --tokenizer")
-    check_tokenizer_fits(model, tokenizer, cfg.tokenizer or cfg.checkpoint)
-    return model, tokenizer
-
-
 def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool = False,
                       on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Instruction-tune as `cfg` says (or resume); writes the run folder and the test split's responses."""
+    from scratchllm.checkpoints.load import load_for_finetuning
     from scratchllm.generation.engine import end_of_text_ids
 
     dist = init_distributed()
@@ -174,7 +154,7 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
         style = get_style(cfg.style)
         path = cfg.data if Path(cfg.data).exists() else named_instructions(cfg.data)
         train, val, test = book_split(read_examples(path, style))
-        model, tokenizer = _start_model(cfg, dist.device)
+        model, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
         if cfg.lora:
             from scratchllm.models.lora import apply_lora
 
