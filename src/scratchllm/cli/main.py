@@ -19,8 +19,8 @@ import sys
 from scratchllm import __version__
 from scratchllm.errors import ScratchLLMError
 
-VERBS = ["prepare", "tokenizer", "pretrain", "finetune", "classify", "respond", "info", "generate", "chat", "bench",
-         "serve", "download", "convert"]
+VERBS = ["prepare", "tokenizer", "pretrain", "finetune", "classify", "respond", "evaluate", "info", "generate", "chat",
+         "bench", "serve", "download", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:
