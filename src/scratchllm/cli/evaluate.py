@@ -10,7 +10,7 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model: perplexity", description=__doc__,
+    p = sub.add_parser("evaluate", help="evaluate a model: perplexity, or an LLM judge", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     kinds = p.add_subparsers(dest="action", metavar="KIND", required=True)
     ppl = kinds.add_parser("perplexity", help="perplexity and bits per byte on a text file", description=__doc__,
@@ -25,6 +25,68 @@ def register(sub) -> None:
     ppl.add_argument("--device", default=None)
     ppl.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ppl.set_defaults(handler=run_perplexity)
+    judge = kinds.add_parser("judge", help="score responses with an LLM judge (book ch. 7.8)",
+                             description=JUDGE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    judge.add_argument("--responses", required=True, help="JSON records with instruction/input/output/model_response")
+    judge.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    judge.add_argument("--model", required=True, help="the judge model's name at that endpoint")
+    judge.add_argument("--api-key", default=None, help="bearer key (default: $OPENAI_API_KEY if set)")
+    judge.add_argument("--rubric", default="book", choices=["book", "1-5"], help="0-100 as the book, or 1-5")
+    judge.add_argument("--out", default=None, help="scores file (default: RESPONSES-scores.json); resumed if present")
+    judge.add_argument("--compare", default=None, help="a second responses file, judged and compared record by record")
+    judge.add_argument("--retries", type=int, default=4, help="retries on transport errors, 429 and 5xx")
+    judge.add_argument("--seed", type=int, default=123, help="sent with every request (the book: 123)")
+    judge.set_defaults(handler=run_judge)
+
+
+JUDGE_DOC = """Score model responses with a judge model behind any OpenAI-compatible endpoint (book ch. 7.8).
+
+Sends the book's prompt (or a 1-5 rubric) for every record at temperature 0 with a seed, retries transport
+errors with backoff, saves each raw reply and parsed score next to its record (unparsable replies are
+counted), resumes a partly scored file, and prints the mean with a bootstrap 95% confidence interval.
+--compare judges a second responses file and compares the two record by record.
+"""
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.evaluation.judge import RUBRICS, Judge, compare, judge_file, summary
+
+    if args.retries < 0:
+        raise ScratchLLMError(f"--retries must be >= 0, got {args.retries}")
+    judge = Judge(args.endpoint, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"), args.retries,
+                  seed=args.seed)  # fmt: skip
+    rubric = RUBRICS[args.rubric]
+    results = []
+    for responses, out in ((args.responses, args.out), (args.compare, None)):
+        if responses is None:
+            continue
+        out = Path(out or Path(responses).with_name(Path(responses).stem + "-scores.json"))
+        bar = tqdm(desc=f"judging {Path(responses).name}", unit="record")
+
+        def progress(done: int, total: int, bar=bar) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        scored = judge_file(judge, responses, out, rubric, progress)
+        bar.close()
+        s = summary(scored)
+        results.append(scored)
+        mean = f"mean {s['mean']:.2f} (95% CI {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f})" if "mean" in s else "no score"
+        print(f"{responses}: {mean} over {s['scored']} of {s['records']} records; {s['unparsable']} unparsable "
+              f"replies; scores in {out}")  # fmt: skip
+    if len(results) == 2:
+        c = compare(*results)
+        if c["pairs"]:
+            print(f"{args.responses} - {args.compare}: mean difference {c['mean_difference']:+.2f} (95% CI "
+                  f"{c['ci95'][0]:+.2f} to {c['ci95'][1]:+.2f}) over {c['pairs']} records; wins {c['wins']}, "
+                  f"ties {c['ties']}, losses {c['losses']}")  # fmt: skip
+    return 0
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
