@@ -30,7 +30,7 @@ class Loaded:
     prompt_style: str | None = None  # the style a run was fine-tuned with (prompt_style.json)
 
 
-def _saved_style(folder: Path) -> str | None:
+def saved_style(folder: Path) -> str | None:
     from scratchllm.files import read_json
     from scratchllm.prompts import STYLE_FILE, get_style
 
@@ -149,7 +149,7 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             raise ScratchLLMError(f"{path}: a classifier run folder (finetune classify); use `scratchllm classify`")
         if (path / CONFIG_FILE).exists():
             loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm",
-                            _saved_style(path))  # fmt: skip
+                            saved_style(path))  # fmt: skip
         elif (path / "config.json").exists():
             loaded = Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
         elif is_meta_folder(path):

@@ -16,7 +16,7 @@ import argparse
 
 def register(sub) -> None:
     from scratchllm.cli.flags import add_config_flags
-    from scratchllm.training.config import ClassifyConfig, InstructConfig
+    from scratchllm.training.config import ClassifyConfig, DPOConfig, InstructConfig
 
     p = sub.add_parser("finetune", help="fine-tune a model: classify or instruct", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -35,6 +35,35 @@ def register(sub) -> None:
     i.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
     add_config_flags(i, InstructConfig)
     i.set_defaults(handler=run_instruct)
+    d = tasks.add_parser("dpo", help="preference tuning with DPO (book ch. 7 bonus)", description=DPO_DOC,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    d.add_argument("--config", default=None, help="YAML file with DPOConfig fields")
+    d.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
+    add_config_flags(d, DPOConfig)
+    d.set_defaults(handler=run_dpo)
+
+
+DPO_DOC = """Direct preference optimisation (book ch. 7 bonus) on the shared training loop.
+
+Starts from an instruction-tuned --checkpoint (also the frozen reference; with --lora, the reference is the
+model with its adapters off), reads records with instruction/input plus `chosen` and `rejected` responses
+(default `book-preferences`, the book's file, downloaded once), and logs loss, chosen/rejected rewards,
+margin and reward accuracy. --logp mean (the book; rewards unscaled) or sum (TRL; rewards times beta).
+configs/dpo-book.yaml is the book's recipe.
+"""
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    from scratchllm.cli.flags import config_file_for, config_overrides, is_main_process
+    from scratchllm.training.config import DPOConfig, build_config
+    from scratchllm.training.dpo import finetune_dpo
+
+    cfg = build_config(config_file_for(args, DPOConfig), DPOConfig, **config_overrides(args))
+    result = finetune_dpo(cfg, resume=args.resume, overwrite=args.overwrite)
+    if is_main_process():
+        print(f"\nrun folder: {result.run_dir}")
+    return 0
 
 
 INSTRUCT_DOC = """Instruction fine-tuning (book ch. 7) on the shared training loop.

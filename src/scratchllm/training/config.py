@@ -217,6 +217,49 @@ class InstructConfig(TrainSettings, LoRASettings):
         if self.lora:
             self.lora_config()
 
+@dataclass
+class DPOConfig(TrainSettings, LoRASettings):
+    checkpoint: str = "runs/instruct-book"  # the instruction-tuned model to start from (and the reference)
+    tokenizer: str | None = None
+    data: str = "book-preferences"  # JSON/JSONL with instruction/input plus chosen/rejected, or the book's file
+    style: str | None = None  # default: the style the checkpoint was fine-tuned with (else alpaca)
+    beta: float = 0.1
+    logp: str = "mean"  # mean: the book (rewards unscaled); sum: TRL / torchtune (rewards scaled by beta)
+    lora: bool = False  # train LoRA adapters; the reference is then the model with its adapters off
+    max_length: int | None = None
+    epochs: int | None = 1
+    # the book's settings
+    batch_size: int = 8
+    lr: float = 5e-6
+    min_lr: float = 5e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    dtype: str = "fp32"
+    eval_every: int = 5
+    eval_batches: int = 5
+    out_dir: str = "runs/dpo"
+
+    what: ClassVar[str] = "DPO config"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.style is not None:
+            from scratchllm.prompts import get_style
+
+            get_style(self.style)
+        if not self.beta > 0:
+            raise ScratchLLMError(f"config field 'beta' must be > 0, got {self.beta}")
+        self._one_of("logp", ("mean", "sum"))
+        if self.epochs is not None:
+            self._at_least("epochs", 1)
+        if self.max_length is not None:
+            self._at_least("max_length", 2)
+        if self.lora:
+            self.lora_config()
+
+
 def load_config_file(path: str | Path, cls: type = None) -> dict[str, Any]:
     """The fields of a YAML config file, checked against the fields of `cls` (default PretrainConfig)."""
     import yaml

@@ -1,0 +1,82 @@
+"""DPO (book ch. 7 bonus): the loss's known values, log-probabilities over response tokens only, a frozen
+reference, and reward margins that rise on a small model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from scratchllm.models import build_model
+from scratchllm.training.config import DPOConfig
+from scratchllm.training.dpo import collate_pairs, dpo_loss, finetune_dpo, sequence_logp
+
+
+def test_loss_values():
+    same = torch.tensor([-1.2, -0.7])
+    start = dpo_loss(same, same - 1, same, same - 1, beta=0.1, scale_rewards=False)
+    assert start["loss"].item() == pytest.approx(math.log(2)) and start["reward_margin"].item() == 0
+    # chosen log-ratio +0.5, rejected -0.5: loss -log sigmoid(0.1 * 1.0) = log(1 + e^-0.1)
+    t = lambda v: torch.tensor([v])  # noqa: E731
+    out = dpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.1, scale_rewards=False)
+    assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-0.1)), abs=1e-6)
+    assert (out["reward_chosen"].item(), out["reward_rejected"].item(), out["reward_margin"].item()) == (0.5, -0.5, 1.0)
+    assert out["reward_accuracy"].item() == 1.0
+    scaled = dpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.1, scale_rewards=True)
+    assert scaled["reward_margin"].item() == pytest.approx(0.1) and scaled["loss"].item() == out["loss"].item()
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_log_probs_cover_response_tokens_only(reduce):
+    torch.manual_seed(0)
+    model = build_model("gpt-tiny").eval()
+    pairs = [([5, 6, 7], [8, 9], [10]), ([11, 12], [13, 14, 15, 16], [17, 18])]  # prompts of different lengths
+    ci, ct, cm, ri, rt, rm = collate_pairs(pairs, pad_id=0, max_length=64)
+    with torch.no_grad():
+        got = sequence_logp(model, ci, ct, cm, reduce)
+        for row, (prompt, chosen, _) in enumerate(pairs):
+            seq = torch.tensor([prompt + chosen])
+            logp = torch.log_softmax(model(seq[:, :-1]), -1)[0]
+            picked = [logp[j - 1, seq[0, j]].item() for j in range(len(prompt), seq.shape[1])]  # response only
+            expected = sum(picked) / (len(picked) if reduce == "mean" else 1)
+            assert got[row].item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pref_file(tmp_path_factory):
+    words = ["cat", "dog", "fish", "bird", "frog", "lion", "wolf", "duck", "goat", "deer", "bear", "mole"]
+    records = [{"instruction": f"Describe the {w}.", "input": "", "output": f"The {w} is nice.",
+                "chosen": f"The {w} is nice.", "rejected": f"The {w} is awful, go away."} for w in words]  # fmt: skip
+    path = tmp_path_factory.mktemp("dpo") / "prefs.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_margins_rise_and_the_reference_stays_frozen(pref_file, tmp_path, lora):
+    from scratchllm.checkpoints.load import load_for_finetuning
+
+    cfg = DPOConfig(checkpoint="gpt-tiny", data=str(pref_file), style="alpaca", out_dir=str(tmp_path / "run"),
+                    batch_size=4, epochs=None, max_steps=20, lr=3e-3 if lora else 1e-3, min_lr=1e-4, eval_every=20,
+                    eval_batches=1, progress=False, lora=lora, lora_rank=4,
+                    lora_targets="qkv,proj,fc1,fc2")  # fmt: skip
+    result = finetune_dpo(cfg)
+    first, last = result.evals[0], result.evals[-1]
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-6) and first["train_reward_margin"] == 0
+    assert last["train_reward_margin"] > 0.5 and last["train_loss"] < 0.6
+    assert last["train_reward_accuracy"] == 1.0
+    if not lora:
+        start, _ = load_for_finetuning("gpt-tiny", None, cfg.seed, "cpu")
+        ref = result.reference.state_dict()
+        assert all(torch.equal(ref[k], v) for k, v in start.state_dict().items())  # bit-identical
+
+
+def test_book_recipe_config():
+    from pathlib import Path
+
+    from scratchllm.training.config import build_config
+
+    cfg = build_config(Path(__file__).parents[1] / "configs" / "dpo-book.yaml", DPOConfig)
+    assert (cfg.beta, cfg.logp, cfg.lr, cfg.epochs, cfg.batch_size, cfg.weight_decay) == (0.1, "mean", 5e-6, 1, 8, 0.01)
