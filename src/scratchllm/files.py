@@ -24,6 +24,16 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file, with one-line errors naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ScratchLLMError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_json(path: str | Path):
     """Parse a JSON file, with one-line errors naming it."""
     try:

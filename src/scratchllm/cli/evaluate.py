@@ -96,6 +96,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from scratchllm.checkpoints.load import check_tokenizer_fits, load_checkpoint
     from scratchllm.errors import ScratchLLMError
     from scratchllm.evaluation.perplexity import perplexity
+    from scratchllm.files import read_text
     from scratchllm.tokenizers.formats import load_tokenizer
 
     path = Path(args.data)
@@ -103,12 +104,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         from scratchllm.assets import ASSETS
 
         path = ASSETS / "the-verdict.txt"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise ScratchLLMError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else loaded.tokenizer
     if tokenizer is None:

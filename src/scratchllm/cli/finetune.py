@@ -1,5 +1,5 @@
-"""`scratchllm finetune classify|instruct`: a text classifier (book ch. 6) or an instruction-following model
-(book ch. 7, LoRA from appendix E with --lora / --trainable lora).
+"""`scratchllm finetune classify|instruct|dpo`: a text classifier (book ch. 6), an instruction-following model
+(book ch. 7, LoRA from appendix E with --lora / --trainable lora), or a preference-tuned one (DPO).
 
 Starts from any --checkpoint (a run folder, a HuggingFace or Meta folder, a hub name such as `gpt2`, or a
 preset for random weights), reads a CSV/TSV/JSONL file of labelled texts (or the named dataset `sms-spam`,
@@ -18,30 +18,22 @@ def register(sub) -> None:
     from scratchllm.cli.flags import add_config_flags
     from scratchllm.training.config import ClassifyConfig, DPOConfig, InstructConfig
 
-    p = sub.add_parser("finetune", help="fine-tune a model: classify or instruct", description=__doc__,
+    p = sub.add_parser("finetune", help="fine-tune a model: classify, instruct or dpo", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     tasks = p.add_subparsers(dest="action", metavar="TASK", required=True)
-    c = tasks.add_parser("classify", help="text classification (book ch. 6)", description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    c.add_argument("--config", default=None, help="YAML file with ClassifyConfig fields")
-    c.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
-    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
-    add_config_flags(c, ClassifyConfig)
-    c.set_defaults(handler=run_classify)
-    i = tasks.add_parser("instruct", help="instruction fine-tuning, full or LoRA (book ch. 7, appendix E)",
-                         description=INSTRUCT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    i.add_argument("--config", default=None, help="YAML file with InstructConfig fields")
-    i.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
-    i.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
-    add_config_flags(i, InstructConfig)
-    i.set_defaults(handler=run_instruct)
-    d = tasks.add_parser("dpo", help="preference tuning with DPO (book ch. 7 bonus)", description=DPO_DOC,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    d.add_argument("--config", default=None, help="YAML file with DPOConfig fields")
-    d.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
-    d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
-    add_config_flags(d, DPOConfig)
-    d.set_defaults(handler=run_dpo)
+    for name, help_text, doc, cls, handler in (
+        ("classify", "text classification (book ch. 6)", __doc__, ClassifyConfig, run_classify),
+        ("instruct", "instruction fine-tuning, full or LoRA (book ch. 7, appendix E)", INSTRUCT_DOC, InstructConfig,
+         run_instruct),
+        ("dpo", "preference tuning with DPO (book ch. 7 bonus)", DPO_DOC, DPOConfig, run_dpo),
+    ):  # fmt: skip
+        t = tasks.add_parser(name, help=help_text, description=doc,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        t.add_argument("--config", default=None, help=f"YAML file with {cls.__name__} fields")
+        t.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last checkpoint")
+        t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out-dir with the new run")
+        add_config_flags(t, cls)
+        t.set_defaults(handler=handler)
 
 
 DPO_DOC = """Direct preference optimisation (book ch. 7 bonus) on the shared training loop.

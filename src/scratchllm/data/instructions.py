@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_text
 from scratchllm.prompts import PromptStyle
 
 IGNORE_INDEX = -100
@@ -47,12 +48,7 @@ def _field(record: dict, name: str, where: str, optional: bool = False) -> str:
 def read_records(path: str | Path) -> list[dict]:
     """The records of a JSON list or a JSONL file (one object per line)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise ScratchLLMError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)

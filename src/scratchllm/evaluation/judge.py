@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import atomic_write
+from scratchllm.files import atomic_write, read_text
 from scratchllm.prompts import STYLES
 
 RESPONSE_MARKER = "\n\n### Response:\n"
@@ -112,9 +112,7 @@ def _error_message(e: urllib.error.HTTPError) -> str:
 def read_responses(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
+        records = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ScratchLLMError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
     if not isinstance(records, list) or not records:

@@ -83,6 +83,7 @@ class RunResult:
     state: TrainState
     evals: list[dict] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+    reference: torch.nn.Module | None = None  # DPO: the frozen reference model it trained against
 
 
 class LossModule(torch.nn.Module):
