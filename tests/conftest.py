@@ -7,9 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchllm.assets import ASSETS
 from scratchllm.tokenizers.formats import bytes_to_unicode, from_openai_files
+
+# The devices this machine has: tests that take the `device` fixture run once on each (cpu here; cpu and cuda
+# on a GPU machine, where benchmarks/gpu_check.sh runs them with `-k cuda`).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -52,3 +57,9 @@ def tiktoken_gpt2():
 @pytest.fixture(scope="session")
 def verdict_text() -> str:
     return VERDICT.read_text(encoding="utf-8")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each device present: a test that takes it must put everything it creates there."""
+    return request.param

@@ -61,7 +61,7 @@ def test_last_non_pad_pooling_ignores_right_padding_and_finds_the_last_token(tin
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_logits_equal_transformers_for_sequence_classification(arch):
+def test_logits_equal_transformers_for_sequence_classification(arch, device):
     transformers = pytest.importorskip("transformers")
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
     from scratchllm.models import Transformer
@@ -89,6 +89,7 @@ def test_logits_equal_transformers_for_sequence_classification(arch):
     ids = torch.randint(1, 300, (4, 20), generator=g)
     for row, n in enumerate((20, 14, 7, 1)):
         ids[row, n:] = 0  # right padding of different lengths
+    ours, hf, ids = ours.to(device), hf.to(device), ids.to(device)
     with torch.no_grad():
         expected = hf(ids, attention_mask=(ids != 0).long()).logits
         got = ours(ids)

@@ -49,8 +49,15 @@ def test_interleaved_requests_do_not_corrupt_each_other(model):
     assert ra.tokens == alone(model, a, cfg) and rb.tokens == alone(model, b, cfg)
 
 
-def test_requests_join_and_leave_a_running_batch(model):
+def on(model, device: str):
+    import copy
+
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
+
+
+def test_requests_join_and_leave_a_running_batch(model, device):
     """Requests arriving while others decode join between steps; each result equals generating it alone."""
+    model = on(model, device)
     engine = Engine(model, max_batch=4, prepare=False)
     ps = prompts(7, seed=2)
     lengths = [5, 17, 9, 30, 3, 12, 21]
@@ -67,7 +74,8 @@ def test_requests_join_and_leave_a_running_batch(model):
         assert r.finish_reason == "length" and r.tokens == alone(model, p, GenerationConfig(max_new_tokens=n))
 
 
-def test_seeded_sampling_is_independent_of_the_batch(model):
+def test_seeded_sampling_is_independent_of_the_batch(model, device):
+    model = on(model, device)
     cfg = GenerationConfig(max_new_tokens=15, temperature=1.0, seed=11)
     p = prompts(1, seed=3)[0]
     engine = Engine(model, max_batch=4, prepare=False)
@@ -79,13 +87,14 @@ def test_seeded_sampling_is_independent_of_the_batch(model):
     assert mine.tokens != alone(model, p, GenerationConfig(max_new_tokens=15, temperature=1.0, seed=12))
 
 
-def test_logprobs_are_the_models(model):
+def test_logprobs_are_the_models(model, device):
+    model = on(model, device)
     p = prompts(1, seed=5)[0]
     engine = Engine(model, max_batch=2, prepare=False)
     r = engine.submit(p, GenerationConfig(max_new_tokens=4, logprobs=3))
     engine.run()
     with torch.no_grad():
-        full = torch.log_softmax(model(torch.tensor([p + r.tokens])).float(), dim=-1)[0, len(p) - 1 : -1]
+        full = torch.log_softmax(model(torch.tensor([p + r.tokens], device=device)).float(), dim=-1)[0, len(p) - 1 : -1]
     for i, out in enumerate(r.logprobs):
         assert out.token == r.tokens[i] == int(full[i].argmax())
         assert out.logprob == pytest.approx(float(full[i, out.token]), abs=1e-4)
@@ -133,3 +142,18 @@ def test_engine_prepares_the_model_once():
     engine.run()
     agree = sum(a == b for a, b in zip(r.tokens, alone(reference, [1, 2, 3], GenerationConfig(max_new_tokens=8))))
     assert agree >= 6  # int8 rounding may flip a late token, rarely more
+
+
+def test_fixed_shape_decode_equals_the_default(model):
+    """The fixed-shape step a CUDA graph replays (every pool row, every cache slot, masked) gives the tokens of
+    the default step, with requests joining and leaving, sampled and greedy."""
+    ps = prompts(6, seed=9)
+    cfgs = [GenerationConfig(max_new_tokens=n, temperature=t, seed=i)
+            for i, (n, t) in enumerate(zip([5, 17, 9, 30, 3, 12], [0, 1.0, 0, 0.7, 0, 1.2]))]  # fmt: skip
+    results = []
+    for fixed in (False, True):
+        engine = Engine(model, max_batch=3, max_seq_len=64, prepare=False, fixed_shapes=fixed)
+        requests = [engine.submit(p, c) for p, c in zip(ps, cfgs)]
+        engine.run(requests)
+        results.append([r.tokens for r in requests])
+    assert results[0] == results[1]

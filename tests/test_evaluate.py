@@ -37,7 +37,7 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("stride", [16, 32])
-def test_sliding_window_agrees_with_transformers(stride):
+def test_sliding_window_agrees_with_transformers(stride, device):
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
     from scratchllm.models import Transformer
 
@@ -48,7 +48,8 @@ def test_sliding_window_agrees_with_transformers(stride):
     config = config_from_hf(hf.config.to_dict())
     ours = Transformer(config).eval()
     ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
-    ids = torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(1))
+    ours, hf = ours.to(device), hf.to(device)
+    ids = torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(1)).to(device)
     result = perplexity(ours, ids.tolist(), n_bytes=600, context=32, stride=stride, batch_size=3)
     nats, count = 0.0, 0
     with torch.no_grad():

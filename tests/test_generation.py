@@ -13,7 +13,14 @@ from scratchllm.generation.generate import (
     generate_text_simple,
     stream_text,
 )
-from scratchllm.generation.sampling import SamplingConfig, apply_repetition_penalty, filter_logits, sample_next
+from scratchllm.generation.sampling import (
+    SamplingConfig,
+    apply_repetition_penalty,
+    filter_logits,
+    filter_rows,
+    sample_next,
+    sample_rows,
+)
 from scratchllm.models import build_model
 
 
@@ -89,6 +96,54 @@ def test_filters():
     assert sample_next(logits, SamplingConfig()).item() == 0
 
 
+ROW_SETTINGS = [dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.6), dict(temperature=1.0, min_p=0.2),
+                dict(temperature=0.9, top_k=10, top_p=0.8), dict(temperature=1.0), dict(temperature=0.0),
+                dict(temperature=1.1, top_k=20, top_p=0.9, min_p=0.05)]  # fmt: skip
+
+
+def test_per_row_filters_match_transformers_warpers():
+    """One batched pass with a different setting per row keeps exactly the tokens transformers' own logits
+    warpers keep for each row alone (temperature, then top-k, top-p, min-p)."""
+    from transformers.generation import logits_process as lp
+
+    torch.manual_seed(0)
+    logits = torch.randn(len(ROW_SETTINGS), 64) * 3
+    cfgs = [SamplingConfig(**kw) for kw in ROW_SETTINGS]
+    ours = filter_rows(logits, cfgs)
+    for i, kw in enumerate(ROW_SETTINGS):
+        warpers = [lp.TemperatureLogitsWarper(kw["temperature"] or 1.0)]
+        if "top_k" in kw:
+            warpers.append(lp.TopKLogitsWarper(kw["top_k"]))
+        if "top_p" in kw:
+            warpers.append(lp.TopPLogitsWarper(kw["top_p"]))
+        if "min_p" in kw:
+            warpers.append(lp.MinPLogitsWarper(kw["min_p"]))
+        theirs = logits[i : i + 1]
+        for w in warpers:
+            theirs = w(torch.zeros(1, 1, dtype=torch.long), theirs)
+        assert torch.equal(torch.isfinite(ours[i]), torch.isfinite(theirs[0])), kw
+        kept = torch.isfinite(theirs[0])
+        assert torch.allclose(ours[i][kept], theirs[0][kept])
+
+
+def test_batched_draws_follow_each_rows_distribution():
+    """Inverse-CDF draws: evenly spaced uniforms pick each token in proportion to its filtered probability."""
+    torch.manual_seed(1)
+    logits = torch.randn(len(ROW_SETTINGS), 32) * 2
+    cfgs = [SamplingConfig(**kw) for kw in ROW_SETTINGS]
+    draws = 20_000
+    u = (torch.arange(draws) + 0.5) / draws
+    picks = torch.stack([sample_rows(logits, cfgs, u[j].expand(len(cfgs))) for j in range(0, draws, 1)], dim=1)
+    for i, c in enumerate(cfgs):
+        if c.greedy:
+            assert (picks[i] == logits[i].argmax()).all()
+            continue
+        expected = filter_rows(logits[i : i + 1], [c]).softmax(-1)[0]
+        observed = torch.bincount(picks[i], minlength=32).float() / draws
+        assert (observed - expected).abs().max() < 2 / draws + 1e-6
+        assert observed[expected == 0].sum() == 0  # a removed token is never drawn
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [(dict(temperature=-1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
@@ -129,7 +184,7 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_greedy_matches_transformers_generate(arch):
+def test_greedy_matches_transformers_generate(arch, device):
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
     from scratchllm.models import Transformer
 
@@ -145,10 +200,11 @@ def test_greedy_matches_transformers_generate(arch):
     config = config_from_hf(hf.config.to_dict())
     ours = Transformer(config).eval()
     ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
+    ours, hf = ours.to(device), hf.to(device)
     prompts = [[5, 17, 42, 7, 99], [11, 3]]
     ours_out = generate(ours, prompts, GenerationConfig(max_new_tokens=25)).tokens
     for prompt, got in zip(prompts, ours_out):
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=device)
         expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=25, do_sample=False,
                                min_new_tokens=25, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
         assert got == expected
@@ -232,10 +288,11 @@ def _sharp_pair(arch: str):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_batched_cached_decoding_logits_match_transformers(arch):
+def test_batched_cached_decoding_logits_match_transformers(arch, device):
     """Every decode step of rows of different lengths decoding together (each prefilled alone, in chunks)
     gives, for each row, transformers' logits for that row's sequence alone, without a cache."""
     hf, ours = _sharp_pair(arch)
+    hf, ours = hf.to(device), ours.to(device)
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 13, 8)]
     captured: list[torch.Tensor] = []
@@ -252,7 +309,7 @@ def test_batched_cached_decoding_logits_match_transformers(arch):
     assert len(captured) == 9  # the first new token comes from each row's prefill
     for i, (prompt, new) in enumerate(zip(prompts, result.tokens)):
         with torch.no_grad():
-            expected = hf(torch.tensor([prompt + new])).logits[0, len(prompt) : -1]
+            expected = hf(torch.tensor([prompt + new], device=device)).logits[0, len(prompt) : -1]
         got = torch.stack([step[i] for step in captured])
         scale = expected.abs().max().item()
         assert (got - expected).abs().max().item() <= 1e-5 * scale, (i, (got - expected).abs().max().item(), scale)
@@ -260,12 +317,13 @@ def test_batched_cached_decoding_logits_match_transformers(arch):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_repetition_penalty_matches_transformers(arch):
+def test_repetition_penalty_matches_transformers(arch, device):
     hf, ours = _sharp_pair(arch)
+    hf, ours = hf.to(device), ours.to(device)
     prompt = [5, 17, 42, 7, 99, 5, 5]
     plain = generate(ours, [prompt], GenerationConfig(max_new_tokens=30)).tokens[0]
     penalised = generate(ours, [prompt], GenerationConfig(max_new_tokens=30, repetition_penalty=1.8)).tokens[0]
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=device)
     expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, min_new_tokens=30,
                            do_sample=False, repetition_penalty=1.8, pad_token_id=0)  # fmt: skip
     expected = expected[0, len(prompt) :].tolist()

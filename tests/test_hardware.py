@@ -71,3 +71,34 @@ def test_unknown_dtype_is_a_clear_error():
 
     with pytest.raises(ScratchLLMError, match="expected auto, fp32 or bf16"):
         hardware.resolve_dtype("int4")
+
+
+def test_every_verb_that_runs_a_model_takes_device():
+    """`--device` on every verb that runs a model (training verbs through their config's `device` field)."""
+    from scratchllm.cli.main import build_parser
+
+    parser = build_parser()
+    verbs = {"generate": [], "chat": [], "bench": [], "serve": [], "classify": ["x"], "respond": [],
+             "pretrain": [], "finetune classify": [], "finetune instruct": [], "finetune dpo": [],
+             "evaluate perplexity": []}  # fmt: skip
+    for verb, rest in verbs.items():
+        required = {"generate": ["--checkpoint", "c", "--prompt", "p"], "respond": ["--checkpoint", "c", "--data", "d"],
+                    "classify": ["--checkpoint", "c"], "evaluate perplexity": ["--checkpoint", "c", "--data", "d"]}
+        args = parser.parse_args([*verb.split(), *required.get(verb, ["--checkpoint", "c"] if verb in
+                                  ("chat", "bench", "serve") else []), "--device", "cpu", *rest])  # fmt: skip
+        assert args.device == "cpu", verb
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")
+def test_a_missing_gpu_is_a_clear_error(tmp_path):
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.training.config import PretrainConfig
+    from scratchllm.training.distributed import init_distributed
+
+    with pytest.raises(ScratchLLMError, match="no CUDA GPU"):
+        init_distributed("cuda")
+    with pytest.raises(ScratchLLMError, match="'device' must be auto, cpu, cuda or cuda:N"):
+        PretrainConfig(device="gpu")
+    from scratchllm.cli.main import main
+
+    assert main(["generate", "--checkpoint", "gpt-tiny", "--prompt", "x", "--device", "cuda"]) == 2

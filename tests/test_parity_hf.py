@@ -37,20 +37,21 @@ def _perturb(model: torch.nn.Module) -> None:
                 p.normal_(mean=0.0 if name.endswith("bias") else 1.0, std=0.1)
 
 
-def _ours_from(hf_model, name: str) -> Transformer:
+def _ours_from(hf_model, name: str, device: str = "cpu") -> Transformer:
     config = config_from_hf(hf_model.config.to_dict(), name)
     ours = Transformer(config).eval()
     ours.load_state_dict(state_dict_from_hf(hf_model.state_dict(), config))
-    return ours
+    return ours.to(device)
 
 
-def _batches(vocab: int, context: int) -> list[torch.Tensor]:
+def _batches(vocab: int, context: int, device: str = "cpu") -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, vocab, (2, 17), generator=g), torch.randint(0, vocab, (2, context), generator=g)]
+    return [torch.randint(0, vocab, (2, n), generator=g).to(device) for n in (17, context)]
 
 
 def _assert_logits_match(hf_model, ours, vocab, context):
-    for idx in _batches(vocab, context):
+    hf_model.to(ours.device)
+    for idx in _batches(vocab, context, ours.device):
         with torch.no_grad():
             expected = hf_model(idx).logits
             got = ours(idx)
@@ -75,22 +76,22 @@ def _assert_training_grads_match(hf_model, ours, idx):
 
 
 @pytest.mark.parametrize("case", list(GPT2_CASES))
-def test_gpt2_parity(case):
+def test_gpt2_parity(case, device):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(**GPT2_CASES[case], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
     hf_model = transformers.GPT2LMHeadModel(cfg).eval()
     _perturb(hf_model)
-    ours = _ours_from(hf_model, case)
+    ours = _ours_from(hf_model, case, device)
     assert ours.config.tie_embeddings == cfg.tie_word_embeddings
     _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.n_positions)
 
 
 @pytest.mark.parametrize("case", list(LLAMA_CASES))
-def test_llama_parity(case):
+def test_llama_parity(case, device):
     torch.manual_seed(0)
     hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_CASES[case])).eval()
     _perturb(hf_model)
-    ours = _ours_from(hf_model, case)
+    ours = _ours_from(hf_model, case, device)
     cfg = hf_model.config
     assert ours.config.n_kv_heads == cfg.num_key_value_heads
     _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.max_position_embeddings)

@@ -50,8 +50,9 @@ def test_schedule_values():
     assert all(a >= b for a, b in zip(values[10:], values[11:]))  # monotone decay
 
 
-def test_loss_goes_down_and_run_folder_is_complete(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, tmp_path / "run", max_steps=40, eval_every=20, save_every=20, batch_size=8)
+def test_loss_goes_down_and_run_folder_is_complete(data_dir, tmp_path, device):
+    cfg = tiny_config(data_dir, tmp_path / "run", max_steps=40, eval_every=20, save_every=20, batch_size=8,
+                      device=device)
     result = pretrain(cfg)
     first, last = result.evals[0], result.evals[-1]
     assert first["step"] == 0 and last["step"] == 40
@@ -63,7 +64,9 @@ def test_loss_goes_down_and_run_folder_is_complete(data_dir, tmp_path):
         assert (run / name).exists(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"train", "eval", "sample"}
-    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in records if r["kind"] == "train")
+    # MFU is capped at 1: a step faster than the peak measured on a busy machine raises the peak to it.
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] <= 1 and r["peak_memory_mib"] > 0
+               for r in records if r["kind"] == "train")  # fmt: skip
     assert len(list_checkpoints(run)) == 2  # keep_last
     loaded = load_checkpoint(run, dtype="fp32")  # self-contained: weights + tokenizer
     assert loaded.tokenizer.vocab_size == 300 and loaded.source == "scratchllm"
@@ -73,8 +76,12 @@ def test_accumulation_equals_larger_batch(data_dir, tmp_path):
     big = pretrain(tiny_config(data_dir, tmp_path / "a", max_steps=2, batch_size=8, grad_accum=1))
     small = pretrain(tiny_config(data_dir, tmp_path / "b", max_steps=2, batch_size=4, grad_accum=2))
     a, b = final_weights(big.run_dir), final_weights(small.run_dir)
+    # Summation order differs between one batch of 8 and two of 4. Adam's first steps move each weight by
+    # about lr * sign(gradient), so a gradient entry within rounding of zero may flip and differ by up to
+    # 2 * lr per step (seen on an AMX CPU: 1 of 16,384 entries). Every other entry must agree to 1e-5.
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+        diff = (a[name] - b[name]).abs()
+        assert diff.max() <= 2 * 3e-3 * 2 and (diff > 1e-5).float().mean() < 1e-3, name
 
 
 def test_resume_is_exact(data_dir, tmp_path):

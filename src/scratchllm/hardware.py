@@ -144,6 +144,19 @@ def utilisation(flops_per_s: float, dtype: torch.dtype = torch.float32, device: 
     return flops_per_s / peak
 
 
+def peak_memory_mib(device: str | torch.device = "cpu") -> float:
+    """Peak memory of this process so far, in MiB: allocated tensors on a GPU, resident memory on the CPU.
+
+    The two are reported side by side (bench, the training log) so a figure reads the same on either.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_bandwidth(n_bytes: int = 1 << 28) -> float:
     """Bytes/s of a large tensor copy on the CPU (read + write counted), best of three.
 

@@ -27,7 +27,7 @@ def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
     eot = tokenizer.eot_id if tokenizer is not None else None
     if eot is not None:
         hf_config.update(bos_token_id=eot, eos_token_id=eot)
-    hf_config["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    hf_config["torch_dtype"] = str(model.dtype).replace("torch.", "")
     _write_json(out / "config.json", hf_config)
     tensors = state_dict_to_hf({k: v.detach() for k, v in model.state_dict().items()}, config)
     save_tensors(tensors, out / "model.safetensors", metadata={"format": "pt"})

@@ -36,16 +36,6 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def _peak_memory_mb(device: str) -> float:
-    import resource
-
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -59,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     lengths, batches = _ints(args.prompt_lengths, "--prompt-lengths"), _ints(args.batch_sizes, "--batch-sizes")
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     model = loaded.model
-    device = str(model.tok_emb.weight.device)
+    device = str(model.device)
     context = model.config.context_length
     if max(lengths) + args.new_tokens > context:
         raise ScratchLLMError(
@@ -74,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     skip = ("tok_emb.weight", "pos_emb.weight", "rope_cos", "rope_sin")
     weight_bytes = sum(t.numel() * t.element_size() for name, t in tensors.items() if name not in skip)
     weight_bytes += model.tok_emb.weight.numel() * model.tok_emb.weight.element_size() * model.is_tied
-    from scratchllm.hardware import memory_bandwidth
+    from scratchllm.hardware import memory_bandwidth, peak_memory_mib
 
     bandwidth = memory_bandwidth() if device == "cpu" else None
-    dtype = str(model.tok_emb.weight.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
+    dtype = str(model.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
     dtype += "+compiled" if args.compile else ""
     print(
         f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "
@@ -108,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                     "tpot_ms": tpot * 1e3,
                     "decode_tokens_per_s": batch * r.decode_tokens_per_s,
                     "prefill_tokens_per_s": r.prefill_tokens_per_s,
-                    "peak_memory_mib": _peak_memory_mb(device),
+                    "peak_memory_mib": peak_memory_mib(device),
                     "bandwidth_utilisation": util,
                 }
                 rows.append(row)

@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--file", default=None, help="a .txt file (one text per line) or a CSV/TSV/JSONL file")
     p.add_argument("--text-column", default="text", help="column name (or 0-based number) for CSV/TSV/JSONL")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.set_defaults(handler=run)
 
 
@@ -48,19 +49,26 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from scratchllm.data.classification import pad_rows
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.hardware import check_device, default_device
     from scratchllm.training.classify import load_classifier
 
     texts = _texts(args)
-    model, tokenizer, info = load_classifier(args.checkpoint)
-    limit = model.config.context_length
+    model, tokenizer, info = load_classifier(args.checkpoint, check_device(args.device or default_device()))
+    rows = [tokenizer.encode(text) for text in texts]
+    if empty := [i + 1 for i, r in enumerate(rows) if not r]:
+        raise ScratchLLMError(f"text {empty[0]} is empty: there is nothing to classify")
+    # Padded to the training length exactly as in training (see data.classification.pad_rows).
+    ids = pad_rows(rows, info["pad_id"], info["max_length"])
     with torch.no_grad():
-        for text in texts:
-            ids = tokenizer.encode(text)[:limit] or [info["pad_id"]]
-            probs = model(torch.tensor([ids])).float().softmax(-1)[0]
-            best = int(probs.argmax())
-            if args.json:
-                print(json.dumps({"text": text, "label": info["labels"][best],
-                                  "probabilities": dict(zip(info["labels"], probs.tolist()))}))  # fmt: skip
-            else:
-                print(f"{info['labels'][best]}\t{probs[best]:.3f}\t{text}")
+        probs = torch.cat([model(ids[i : i + 64].to(model.device)).float().softmax(-1).cpu()
+                           for i in range(0, len(ids), 64)])  # fmt: skip
+    for text, p in zip(texts, probs):
+        best = int(p.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": info["labels"][best],
+                              "probabilities": dict(zip(info["labels"], p.tolist()))}))  # fmt: skip
+        else:
+            print(f"{info['labels'][best]}\t{p[best]:.3f}\t{text}")
     return 0

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         prefill = timings.get("prefill_seconds", 0.0)
         decode = timings.get("decode_seconds", 0.0)
         n = timings["new_tokens"]
-        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        dtype = str(model.dtype).replace("torch.", "")
         print(f"[{dtype}] prompt {len(ids)} tokens, prefill {len(ids) / max(prefill, 1e-9):.1f} tokens/s; "
               f"{n} new tokens, decode {max(n - 1, 0) / max(decode, 1e-9):.1f} tokens/s; total {total:.2f}s",
               file=sys.stderr)  # fmt: skip

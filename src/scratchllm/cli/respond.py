@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8, help="records generated together")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=run)
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ScratchLLMError("--max-new-tokens and --batch-size must be >= 1")
     out = claim_output_file(args.out, args.overwrite)
-    loaded = load_checkpoint(args.checkpoint, args.dtype)
+    loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     name = args.style or loaded.prompt_style
     if name is None:
         raise ScratchLLMError(f"{args.checkpoint}: no prompt style saved with this model; pass --style")

@@ -178,8 +178,16 @@ def encode(data: Labelled, tokenizer, pad_id: int, length: int | None = None, li
     if limit is not None:
         length = min(length, limit)
     truncated = sum(len(r) > length for r in rows)
+    return Encoded(pad_rows(rows, pad_id, length), torch.tensor(data.labels, dtype=torch.long), truncated)
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, length: int) -> torch.Tensor:
+    """(len(rows), length) ids: each row cut to `length`, then padded on the right with `pad_id`.
+
+    Training and `scratchllm classify` both pad this way, so a classifier reads the same position (with the
+    book's `last` pooling, the final, padding position) at inference as it did in training."""
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         r = r[:length]
-        ids[i, : len(r)] = torch.tensor(r)
-    return Encoded(ids, torch.tensor(data.labels, dtype=torch.long), truncated)
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids

@@ -74,7 +74,7 @@ def perplexity(model, ids: list[int], n_bytes: int, context: int | None = None, 
         raise ScratchLLMError(f"--stride must be between 1 and the context {context}, got {stride}")
     if batch_size < 1:
         raise ScratchLLMError(f"--batch-size must be >= 1, got {batch_size}")
-    device = model.tok_emb.weight.device
+    device = model.device
     was_training = model.training
     model.eval()
     data = torch.tensor(ids, dtype=torch.long)

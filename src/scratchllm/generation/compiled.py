@@ -15,9 +15,9 @@ Decisions:
   (`GemvLinear`): with several rows the generated loop would read the weights once per row, where BLAS
   reads them once. Eager calls, prefill and batched decoding keep `F.linear`, so a model prepared for
   compiled decoding works everywhere. It accumulates in fp32, also for bf16 weights. On GPUs the plain
-  forward is compiled (cuBLAS is fast there). Batched decoding gains less or nothing (docs/benchmarks.md):
-  inside the compiled graph several rows go through MKL's (out, in) products, which the eager engine's
-  oneDNN-packed weights (`generation.packed`) beat.
+  forward is compiled (cuBLAS is fast there) and replayed as a CUDA graph over fixed shapes. On CPUs batched
+  decoding gains less or nothing (docs/benchmarks.md): inside the compiled graph several rows go through
+  MKL's (out, in) products, which the eager engine's oneDNN-packed weights (`generation.packed`) beat.
 - Weights must be stored (out, in) row-major for the reduction to read them contiguously; the engine
   therefore compiles instead of packing, never both.
 - The cache slot changes every step, so it is compiled as a symbolic integer, and the engine's KV cache has
@@ -65,6 +65,10 @@ def compile_decode(model: nn.Module) -> Callable:
 
     The generation engine calls this once and keeps the result; the model itself holds no compiled state.
     """
-    if model.tok_emb.weight.device.type == "cpu":
+    if model.device.type == "cpu":
         rewrite_linears(model, to_gemv)
-    return torch.compile(model.forward, dynamic=True)
+        return torch.compile(model.forward, dynamic=True)
+    # On a GPU the engine calls the step with fixed shapes (`Engine.fixed_shapes`), so inductor's
+    # "reduce-overhead" mode records it once as a CUDA graph and replays it: one launch per token instead of
+    # one per kernel, which is what bounds small-batch decoding on a GPU.
+    return torch.compile(model.forward, mode="reduce-overhead", dynamic=False)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation.sampling import SamplingConfig, sample_next
+from scratchllm.generation.sampling import SamplingConfig, sample_rows
 from scratchllm.models.attention import KVCache
 
 DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
@@ -144,6 +144,7 @@ class Request:
     _filled: int = 0  # cache slots holding this request's keys/values
     _generator: torch.Generator | None = None
     _decoder: StreamDecoder | None = None
+    _history: torch.Tensor | None = None  # prompt + tokens on the device (repetition penalty only)
     _done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -181,6 +182,7 @@ class Engine:
         quantize: str | None = None,
         compile: bool = False,
         prepare: bool = True,
+        fixed_shapes: bool | None = None,
     ):
         if max_batch < 1:
             raise ScratchLLMError(f"max_batch must be >= 1, got {max_batch}")
@@ -189,7 +191,10 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         context = model.config.context_length
         self.max_seq_len = min(context, max_seq_len or DEFAULT_MAX_SEQ_LEN)
-        self.device = model.tok_emb.weight.device
+        self.device = model.device
+        # A compiled step on a GPU is replayed as a CUDA graph, which needs the same shapes every step: it
+        # then decodes the whole pool of rows over every cache slot (unused rows and slots masked).
+        self.fixed_shapes = (compile and self.device.type == "cuda") if fixed_shapes is None else fixed_shapes
         self._decode_fn = self._prepare(quantize, compile) if prepare else model
         self.cache: KVCache | None = None  # allocated on first use
         self.active: list[Request] = []
@@ -289,8 +294,11 @@ class Engine:
     def step(self) -> None:
         """Admit waiting requests (prefill each into a free row), then one decode step for all live rows."""
         if self.cache is None:
-            dtype = self.model.tok_emb.weight.dtype
+            dtype = self.model.dtype
             self.cache = KVCache.allocate(self.model.config, self.max_batch, self.max_seq_len, dtype, self.device)
+            if self.fixed_shapes:
+                for t in self.cache.k + self.cache.v:  # written inside the graph: their addresses never change
+                    torch._dynamo.mark_static_address(t)
         self._admit()
         self._retire()
         if self.active:
@@ -340,7 +348,9 @@ class Engine:
         last = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.device)
         filled = [r._filled for r in self.active]
         cache = self.cache.select(0, n)
-        if n == 1:
+        if self.fixed_shapes:
+            logits = self._decode_all_rows(last, filled)
+        elif n == 1:
             logits = self._decode_fn(last, cache=cache, start=filled[0], last_only=True)
         else:
             slots = torch.tensor(filled, device=self.device)
@@ -354,31 +364,58 @@ class Engine:
         self.stats.largest_batch = max(self.stats.largest_batch, n)
         self._emit(list(self.active), logits[:, -1])
 
+    def _decode_all_rows(self, last: torch.Tensor, filled: list[int]) -> torch.Tensor:
+        """One decode step of fixed shape: every row of the pool, every cache slot. Rows beyond the live ones
+        read token 0 at slot 0 and are thrown away; the key mask hides each row's unfilled slots."""
+        n, rows = len(filled), self.cache.rows
+        tokens = torch.zeros(rows, 1, dtype=last.dtype, device=self.device)
+        tokens[:n] = last
+        slots = torch.zeros(rows, dtype=torch.long, device=self.device)
+        slots[:n] = torch.tensor(filled, device=self.device)
+        key_mask = torch.arange(self.max_seq_len, device=self.device)[None, :] <= slots[:, None]
+        logits = self._decode_fn(tokens, cache=self.cache, positions=slots[:, None], key_mask=key_mask, last_only=True)
+        return logits[:n]
+
     def _emit(self, requests: list[Request], logits: torch.Tensor) -> None:
-        """Choose each row's next token, hand it to its request, and mark the rows that are done."""
-        logits = logits.float()
-        if all(r.cfg.greedy and r.cfg.repetition_penalty == 1.0 for r in requests):
-            chosen = logits.argmax(dim=-1).tolist()
+        """Choose each row's next token, hand it to its request, and mark the rows that are done.
+
+        Sampling and log-probabilities are computed for all rows at once on the device; the host reads the
+        results once (one synchronisation per step, whatever the batch)."""
+        cfgs = [r.cfg for r in requests]
+        if all(c.greedy and c.repetition_penalty == 1.0 for c in cfgs):
+            chosen_t = logits.float().argmax(dim=-1)
         else:
-            chosen = []
+            uniforms = torch.rand(len(requests), device=self.device)
             for i, r in enumerate(requests):
-                seen = None
-                if r.cfg.repetition_penalty != 1.0:
-                    seen = torch.tensor([r.prompt + r.tokens], device=self.device)
-                chosen.append(int(sample_next(logits[i : i + 1], r.cfg, r._generator, seen)[0, 0]))
+                if r._generator is not None and not r.cfg.greedy:
+                    uniforms[i] = torch.rand((), generator=r._generator, device=self.device)
+            seen = [self._seen(r) if r.cfg.repetition_penalty != 1.0 else None for r in requests]
+            chosen_t = sample_rows(logits, cfgs, uniforms, seen)
+        want = [i for i, c in enumerate(cfgs) if c.logprobs is not None]
+        top_k = max((cfgs[i].logprobs for i in want), default=0)
+        if want:
+            logp = torch.log_softmax(logits[want].float(), dim=-1)
+            chosen_logp = logp.gather(1, chosen_t[want].unsqueeze(1)).squeeze(1)
+            top = torch.topk(logp, top_k) if top_k else None
+        chosen = chosen_t.tolist()  # the one host read of the step
+        if want:
+            chosen_logp = dict(zip(want, chosen_logp.tolist()))
+            if top is not None:
+                top_ids, top_vals = dict(zip(want, top.indices.tolist())), dict(zip(want, top.values.tolist()))
         now = time.perf_counter()
         for i, (r, token) in enumerate(zip(requests, chosen)):
             if r.done:
                 continue
             r.first_token_at = r.first_token_at or now
             r.tokens.append(token)
+            if r._history is not None:
+                r._history = torch.cat([r._history, chosen_t[i : i + 1].view(1, 1)], dim=1)
             out = TokenOut(token, "")
             if r.cfg.logprobs is not None:
-                logp = torch.log_softmax(logits[i], dim=-1)
-                out.logprob = float(logp[token])
+                out.logprob = chosen_logp[i]
                 if r.cfg.logprobs:
-                    top = torch.topk(logp, r.cfg.logprobs)
-                    out.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist()))
+                    k = r.cfg.logprobs
+                    out.top_logprobs = list(zip(top_ids[i][:k], top_vals[i][:k]))
             if token in r.cfg.stop_ids:
                 reason = "stop_id"
             else:
@@ -394,6 +431,13 @@ class Engine:
                 r.listener(r, out)
             if reason is not None:
                 self._finish(r, reason)
+
+    def _seen(self, request: Request) -> torch.Tensor:
+        """(1, n) ids of the prompt and output so far on the device, for the repetition penalty: copied
+        over once, then grown on the device by each chosen token."""
+        if request._history is None:
+            request._history = torch.tensor([request.prompt + request.tokens], device=self.device)
+        return request._history
 
     def _finish(self, request: Request, reason: str) -> None:
         if request.done:

@@ -2,9 +2,10 @@
 
 Order of operations (the common convention, as in HF): repetition penalty on the raw logits, then
 temperature scaling, then the filters that remove unlikely tokens (top-k, top-p, min-p) by setting their
-logits to -inf, then a softmax and one multinomial draw. Temperature 0 means greedy (argmax); it skips
-everything except the repetition penalty. Draws use an explicit `torch.Generator`, so a seed reproduces
-a sample exactly.
+logits to -inf, then a softmax and one draw by inverse CDF. Temperature 0 means greedy (argmax); it skips
+everything except the repetition penalty. Draws come from an explicit `torch.Generator`, so a seed reproduces
+a sample exactly. A batch is sampled in one pass with per-row settings (`sample_rows`), on the device,
+without copying anything to the host: the engine then synchronises once per step, not once per row.
 """
 
 from __future__ import annotations
@@ -52,20 +53,76 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """Apply temperature, top-k, top-p and min-p to (batch, vocab) logits; removed tokens get -inf."""
-    logits = logits / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens before it already reach top_p (the most likely one always stays).
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= cfg.top_p
-        logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-    if cfg.min_p is not None and cfg.min_p > 0:
-        probs = logits.softmax(dim=-1)
-        logits = logits.masked_fill(probs < cfg.min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
-    return logits
+    return filter_rows(logits, [cfg] * logits.shape[0])
+
+
+def filter_rows(logits: torch.Tensor, cfgs: list[SamplingConfig]) -> torch.Tensor:
+    """`filter_logits` with one config per row (greedy rows are left at temperature 1)."""
+    scaled = logits / _row_temperatures(cfgs, logits.device)
+    order, keep = _kept_in_order(scaled, cfgs)
+    return scaled.masked_fill(~keep.scatter(1, order, keep), float("-inf"))
+
+
+def _row_temperatures(cfgs: list[SamplingConfig], device) -> torch.Tensor:
+    return torch.tensor([c.temperature or 1.0 for c in cfgs], device=device).unsqueeze(1)
+
+
+def _row_values(cfgs: list[SamplingConfig], name: str, off: float, device) -> torch.Tensor:
+    """One column (rows, 1) of a setting, `off` where a row does not use it."""
+    values = [off if getattr(c, name) is None else float(getattr(c, name)) for c in cfgs]
+    return torch.tensor(values, device=device).unsqueeze(1)
+
+
+def _kept_in_order(scaled: torch.Tensor, cfgs: list[SamplingConfig]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, keep): each row's token ids sorted from most to least likely, and which of them survive its
+    top-k, top-p and min-p (in that order). Every row has its own settings, so one pass serves a whole batch;
+    the survivors of a row are always a prefix of its order, and the most likely token always survives."""
+    vocab, device = scaled.shape[-1], scaled.device
+    ordered, order = torch.sort(scaled, dim=-1, descending=True)
+    keep = torch.ones_like(ordered, dtype=torch.bool)
+    if any(c.top_k is not None for c in cfgs):
+        k = _row_values(cfgs, "top_k", vocab, device).long().clamp(max=vocab)
+        keep &= ordered >= ordered.gather(1, k - 1)  # ties with the k-th token stay, as in transformers
+    if any(c.top_p is not None and c.top_p < 1 for c in cfgs):
+        probs = ordered.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability of the tokens ahead of each one
+        top_p = _row_values(cfgs, "top_p", 1.0, device)
+        keep &= (before < top_p) | (top_p >= 1)  # top_p 1 keeps all, whatever the rounding of the sums
+    if any(c.min_p is not None and c.min_p > 0 for c in cfgs):
+        probs = ordered.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        keep &= probs >= _row_values(cfgs, "min_p", 0.0, device) * probs[:, :1]
+    return order, keep
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    cfgs: list[SamplingConfig],
+    uniforms: torch.Tensor,
+    seen: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """(rows, vocab) logits -> (rows,) chosen ids, each row with its own settings, all on the logits' device.
+
+    `uniforms` (rows,) in [0, 1) are the random draws, one per row (the caller decides whose generator
+    makes each, so a seeded row draws the same whatever shares its batch); a row picks the first token whose
+    cumulative probability exceeds its draw. `seen[i]` (1, n) holds row i's ids for its repetition penalty.
+    Nothing here copies to the host, so a decode step synchronises once, when it reads the chosen ids.
+    """
+    logits = logits.float()
+    for i, c in enumerate(cfgs):
+        if c.repetition_penalty != 1.0 and seen is not None and seen[i] is not None:
+            logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], seen[i], c.repetition_penalty)
+    greedy = logits.argmax(dim=-1)
+    if all(c.greedy for c in cfgs):
+        return greedy
+    scaled = logits / _row_temperatures(cfgs, logits.device)
+    order, keep = _kept_in_order(scaled, cfgs)
+    ordered = scaled.gather(1, order).masked_fill(~keep, float("-inf"))
+    cdf = ordered.softmax(dim=-1).cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, uniforms.to(cdf).unsqueeze(1) * cdf[:, -1:], right=True)
+    pick = torch.minimum(pick, keep.sum(dim=-1, keepdim=True) - 1)  # rounding never reaches a removed token
+    sampled = order.gather(1, pick).squeeze(1)
+    is_greedy = torch.tensor([c.greedy for c in cfgs], device=logits.device)
+    return torch.where(is_greedy, greedy, sampled)
 
 
 def sample_next(
@@ -74,11 +131,8 @@ def sample_next(
     generator: torch.Generator | None = None,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(batch, vocab) logits of the last position -> (batch, 1) chosen token ids."""
-    logits = logits.float()
-    if cfg.repetition_penalty != 1.0 and seen is not None:
-        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-    if cfg.greedy:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = filter_logits(logits, cfg).softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    """(batch, vocab) logits of the last position -> (batch, 1) chosen token ids, every row alike."""
+    n = logits.shape[0]
+    uniforms = torch.rand(n, generator=generator, device=logits.device)
+    rows_seen = None if seen is None else [seen[i : i + 1] for i in range(n)]
+    return sample_rows(logits, [cfg] * n, uniforms, rows_seen).unsqueeze(1)

@@ -37,6 +37,10 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(backbone.config.emb_dim, num_classes)
         self.pooling, self.pad_id = pooling, pad_id
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
     def pool(self, hidden: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """(batch, T, d) hidden states -> (batch, d), one vector per text."""
         if self.pooling == "last":

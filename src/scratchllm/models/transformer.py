@@ -86,11 +86,21 @@ class Transformer(nn.Module):
     def is_tied(self) -> bool:
         return getattr(self.out_head, "weight", None) is self.tok_emb.weight
 
+    # -- where the model lives: every tensor a caller creates for it goes here -----------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (inference runs in it; training may autocast on top)."""
+        return self.tok_emb.weight.dtype
+
     def init_rope(self) -> None:
         """(Re)compute the RoPE cos/sin tables: needed again after building the model on the meta device."""
         c = self.config
         cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
-        self.rope_cos, self.rope_sin = cos.to(self.tok_emb.weight.device), sin.to(self.tok_emb.weight.device)
+        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

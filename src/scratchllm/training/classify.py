@@ -47,7 +47,8 @@ class ClassifyTask(Task):
     def predict(self, model, ids: torch.Tensor) -> torch.Tensor:
         was_training = model.training
         model.eval()
-        out = torch.cat([model(ids[i : i + 64]).float() for i in range(0, len(ids), 64)])
+        device = model.device  # the split lives on the host; its logits come back there
+        out = torch.cat([model(ids[i : i + 64].to(device)).float().cpu() for i in range(0, len(ids), 64)])
         model.train(was_training)
         return out
 
@@ -119,7 +120,7 @@ def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bo
     """Fine-tune a classifier as `cfg` says (or resume it); returns the run folder and metrics."""
     from scratchllm.checkpoints.load import load_for_finetuning
 
-    dist = init_distributed()
+    dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
         replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False

@@ -34,6 +34,7 @@ class TrainSettings:
     beta2: float = 0.95
     grad_clip: float = 1.0
     dtype: str = "auto"  # autocast dtype: auto (bf16 where native), bf16, fp32
+    device: str = "auto"  # auto (each process's GPU when there is one, else the CPU), cpu, cuda, cuda:N
     compile: bool = False
     strategy: str = "ddp"  # under torchrun: ddp (a full copy per process) or fsdp (weights and state sharded)
     seed: int = 1337
@@ -65,6 +66,8 @@ class TrainSettings:
         for name in ("weight_decay", "grad_clip", "warmup_steps"):
             self._at_least(name, 0)
         self._one_of("strategy", ("ddp", "fsdp"))
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ScratchLLMError(f"config field 'device' must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -281,7 +284,8 @@ def load_config_file(path: str | Path, cls: type = None) -> dict[str, Any]:
 
 
 # With a GPU and no config file, the default run is bigger and longer (fields the user did not set).
-GPU_DEFAULTS = {"batch_size": 32, "max_steps": 2000, "eval_every": 200, "sample_every": 500, "save_every": 500,
+GPU_DEFAULTS = {"batch_size": 32, "max_steps": 2000, "compile": True, "eval_every": 200, "sample_every": 500,
+                "save_every": 500,
                 "model_overrides": {"emb_dim": 512, "n_layers": 8, "n_heads": 8, "context_length": 512}}  # fmt: skip
 
 
@@ -289,7 +293,7 @@ def build_config(file: str | Path | None = None, cls: type | None = None, **over
     """A `cls` config (default PretrainConfig): file values, then non-None `overrides` (flags) on top."""
     cls = cls or PretrainConfig
     values: dict[str, Any] = load_config_file(file, cls) if file else {}
-    if cls is PretrainConfig and file is None and _cuda_available():
+    if cls is PretrainConfig and file is None and _cuda_available() and overrides.get("device") in (None, "auto"):
         for key, value in GPU_DEFAULTS.items():
             if key == "model_overrides":
                 values[key] = dict(value)  # the user's --model-* flags are applied on top below

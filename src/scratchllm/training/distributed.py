@@ -37,10 +37,24 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(device: str = "auto") -> DistInfo:
+    """This process's place in a torchrun launch (or a single process) and the device it trains on.
+
+    `device`: auto (the process's own GPU when there is one, else the CPU), cpu, cuda (the process's own GPU)
+    or cuda:N (single process only: under torchrun each process takes the GPU of its LOCAL_RANK).
+    """
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.hardware import check_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    if device == "cuda":
+        device = f"cuda:{local}"
+    elif device.startswith("cuda:") and world > 1:
+        raise ScratchLLMError(f"--device {device}: under torchrun each process uses its own GPU; pass --device cuda")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):

@@ -125,7 +125,7 @@ class DPOTask(Task):
     def evaluate(self, model, step: int, final: bool, say) -> dict:
         was_training = model.training
         model.eval()
-        device = model.tok_emb.weight.device
+        device = model.device
         record = {}
         for name in ("train", "val"):
             pairs = self.splits[name][: self.cfg.eval_batches * self.cfg.batch_size]
@@ -153,7 +153,7 @@ def finetune_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False,
     from scratchllm.checkpoints.load import load_for_finetuning, saved_style
     from scratchllm.hub import cache_dir, download_file
 
-    dist = init_distributed()
+    dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
         replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False

@@ -81,7 +81,7 @@ class InstructTask(Task):
         total, count = 0.0, 0
         for i in range(0, len(items), self.cfg.batch_size):
             inputs, targets = self.collate(items[i : i + self.cfg.batch_size])
-            device = model.tok_emb.weight.device
+            device = model.device
             n = int((targets != -100).sum())
             total += cross_entropy(model(inputs.to(device)), targets.to(device)).item() * n
             count += n
@@ -147,7 +147,7 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
     from scratchllm.checkpoints.load import load_for_finetuning
     from scratchllm.generation.engine import end_of_text_ids
 
-    dist = init_distributed()
+    dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
         replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False

@@ -33,7 +33,7 @@ import torch
 from scratchllm.checkpoints.io import CONFIG_FILE, save_model
 from scratchllm.errors import ScratchLLMError
 from scratchllm.files import atomic_write, claim_output_folder
-from scratchllm.hardware import resolve_dtype, utilisation
+from scratchllm.hardware import peak_memory_mib, resolve_dtype, utilisation
 from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import TrainSettings
 from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
@@ -200,6 +200,15 @@ def _rows(batch: Batch, sl: slice) -> Batch:
     return tuple(t[sl] for t in batch)
 
 
+def to_device(batch: Batch, device: str | torch.device) -> Batch:
+    """A host batch on `device`. For a GPU it is copied from pinned (page-locked) memory without blocking, so
+    the copy overlaps the kernels already queued instead of stalling the host."""
+    if torch.device(device).type != "cuda":
+        return tuple(t.to(device) for t in batch)
+    return tuple(t.pin_memory().to(device, non_blocking=True) if t.device.type == "cpu" else t.to(device)
+                 for t in batch)  # fmt: skip
+
+
 def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, dist: DistInfo, resume: bool = False,
         on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Train `model` (its trainable parameters) on `task` as `cfg` says, writing checkpoints into `run_dir`."""
@@ -295,7 +304,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
                 group["lr"] = lr
             batch = task.batch(state.step, global_rows, sampler_rng)
             step_tokens = task.tokens(batch)
-            rows = tuple(t.to(device) for t in _rows(batch, slice(dist.rank, None, dist.world_size)))
+            rows = to_device(_rows(batch, slice(dist.rank, None, dist.world_size)), device)
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 part = _rows(rows, slice(micro * cfg.batch_size, (micro + 1) * cfg.batch_size))
@@ -322,7 +331,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainSettings, run_dir: Path, d
             if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                 tps = window_tokens / (time.perf_counter() - window_start)
                 record = {"kind": "train", "step": state.step, "tokens_seen": state.tokens_seen, "loss": train_loss,
-                          "lr": lr, "tokens_per_s": tps}  # fmt: skip
+                          "lr": lr, "tokens_per_s": tps,
+                          "peak_memory_mib": round(peak_memory_mib(device), 1)}  # fmt: skip
                 if main and task.flops_per_token:
                     record["mfu"] = utilisation(tps * task.flops_per_token, amp or torch.float32, device)
                 log.write(record)

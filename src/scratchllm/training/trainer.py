@@ -112,7 +112,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_step: Callable[[int],
     A non-empty `cfg.out_dir` is continued with `resume`, replaced with `overwrite` (its old contents are
     deleted once data and model are ready, not before), and refused otherwise.
     """
-    dist = init_distributed()
+    dist = init_distributed(cfg.device)
     try:
         return _pretrain(cfg, resume, on_step, dist, overwrite)
     finally:
