@@ -27,6 +27,18 @@ def test_the_books_sms_spam_split():
     assert balanced.counts() == {"ham": 747, "spam": 747}
     train, val, test = split(balanced, 0.7, 0.1, seed=123)
     assert (len(train), len(val), len(test)) == (1045, 149, 300)
+    # The book's train.csv / validation.csv / test.csv begin and end with these (its seed-123 shuffles):
+    # sizes alone would not notice another seed or another order of operations.
+    ends = {"train": ("Dude how do you like the buff wind.", "His frens go then he in lor. Not alone wif my mum"),
+            "val": ("Mila, age23, blonde, new in UK. I look sex with UK guys.", "U can WIN £100 of Music Gift"),
+            "test": ("85233 FREE>Ringtone!Reply REAL", "Your unique user ID is 1172. For removal send STOP")}
+    from scratchllm.training.classify import load_splits
+    from scratchllm.training.config import ClassifyConfig
+
+    run_splits = load_splits(ClassifyConfig(data=str(shared_file(SPAM)), text_column="1", label_column="0"))
+    for parts in ((train, val, test), run_splits):  # as called here, and as a run with the defaults does
+        for part, (first, last) in zip(parts, ends.values()):
+            assert part.texts[0].startswith(first) and part.texts[-1].startswith(last)
     encoded = encode(train, load_tokenizer("gpt2"), pad_id=50256)
     assert encoded.ids.shape == (1045, 120) and encoded.truncated == 0  # the book's longest training message
     assert (encoded.ids[:, -1] == 50256).sum() > 1000  # right-padded with <|endoftext|>
@@ -62,7 +74,8 @@ def test_last_non_pad_pooling_ignores_right_padding_and_finds_the_last_token(tin
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_logits_equal_transformers_for_sequence_classification(arch, device):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
     from scratchllm.models import Transformer
 

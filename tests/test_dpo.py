@@ -80,3 +80,33 @@ def test_book_recipe_config():
 
     cfg = build_config(Path(__file__).parents[1] / "configs" / "dpo-book.yaml", DPOConfig)
     assert (cfg.beta, cfg.logp, cfg.lr, cfg.epochs, cfg.batch_size, cfg.weight_decay) == (0.1, "mean", 5e-6, 1, 8, 0.01)
+
+
+def test_the_runs_splits_are_the_books(tmp_path, monkeypatch):
+    """On the book's 1,100 preference records the run trains on the first 935, validates on the last 55 and
+    keeps the 110 between them for the test (the book's 85 / 10 / 5 split in file order)."""
+    from scratchllm.data.instructions import read_records
+    from scratchllm.prompts import get_style
+    from scratchllm.tokenizers import load_tokenizer
+    from scratchllm.training import dpo
+
+    from .conftest import shared_file
+
+    path = shared_file("ch07/instruction-data-with-preference.json")
+    records = read_records(path)
+    seen = {}
+    original = dpo.DPOTask.__init__
+
+    def capture(self, splits, *args, **kwargs):
+        seen.update(splits)
+        original(self, splits, *args, **kwargs)
+
+    monkeypatch.setattr(dpo.DPOTask, "__init__", capture)
+    cfg = DPOConfig(checkpoint="gpt-tiny", data=str(path), style="alpaca", out_dir=str(tmp_path / "run"), batch_size=2,
+                    epochs=None, max_steps=1, eval_batches=1, progress=False, max_length=64)  # fmt: skip
+    finetune_dpo(cfg)
+    expected = {"train": records[:935], "test": records[935:1045], "val": records[1045:]}
+    tokenizer = load_tokenizer("gpt2")
+    for name, part in expected.items():
+        want = dpo.encode_pairs(part, get_style("alpaca"), tokenizer, str(path))
+        assert len(seen[name]) == len(want) and seen[name][0] == want[0] and seen[name][-1] == want[-1], name

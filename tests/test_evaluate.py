@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.evaluation.perplexity import perplexity, windows
 from scratchllm.models import build_model
@@ -32,8 +33,6 @@ def test_one_window_is_exp_of_the_training_loss():
     assert result.perplexity == pytest.approx(math.exp(loss), rel=1e-4)
     assert result.bits_per_byte == pytest.approx(loss * 64 / math.log(2) / 100, rel=1e-6)
 
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("stride", [16, 32])
@@ -82,3 +81,24 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", "perplexity", "--checkpoint", str(tmp_path / "m"), "--data", str(VERDICT),
                  "--stride", "100"]) == 2  # fmt: skip
     assert "--stride must be between 1 and the context 64" in capsys.readouterr().err
+
+
+def test_bits_per_byte_counts_utf8_bytes(tmp_path, capsys):
+    """A non-ASCII text: bits per byte = total nats / ln 2 / its UTF-8 bytes (not its characters)."""
+    from scratchllm.checkpoints.io import save_model
+    from scratchllm.cli.main import main
+    from scratchllm.tokenizers.formats import from_openai_files
+    from tests.conftest import GPT2_BPE
+
+    torch.manual_seed(0)
+    save_model(build_model("gpt-tiny", vocab_size=50257), tmp_path / "m")
+    tokenizer = from_openai_files(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe")
+    tokenizer.save(tmp_path / "m" / "scratchllm-tokenizer.json")
+    text = "Grüße aus Zürich! 日本語のテキストと絵文字 🤖🎉 — naïve café. " * 4
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    assert main(["evaluate", "perplexity", "--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "t.txt"),
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    n_bytes = len(text.encode("utf-8"))
+    assert n_bytes > len(text) + 100 and out["bytes"] == n_bytes
+    assert out["bits_per_byte"] == pytest.approx(out["loss"] * out["tokens"] / math.log(2) / n_bytes, rel=1e-9)

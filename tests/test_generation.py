@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generation.generate import (
@@ -179,8 +180,6 @@ def test_stream_text_equals_generate(gpt2_tokenizer):
     streamed = "".join(stream_text(model, gpt2_tokenizer, prompt, cfg))
     assert streamed == generate(model, [prompt], cfg, tokenizer=gpt2_tokenizer).texts[0]
 
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -105,7 +105,7 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     assert main(["respond", "--checkpoint", str(run), "--data", str(data_file), "--out", str(out)]) == 2  # no overwrite
     # Exported, the style becomes the chat template: transformers renders exactly our prompt.
     assert main(["convert", "--to", "hf", str(run), str(tmp_path / "hf")]) == 0
-    hf_tok = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf_tok = __import__("transformers").AutoTokenizer.from_pretrained(tmp_path / "hf")
     message = [{"role": "user", "content": "What color is the sky?"}]
     assert hf_tok.apply_chat_template(message, tokenize=False, add_generation_prompt=True) == train[1].prompt
 

@@ -118,3 +118,105 @@ def test_judge_cli(judge_server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mean 85.00 (95% CI 85.00-85.00) over 3 of 3 records; 0 unparsable" in out
     assert "mean difference +0.00" in out and (tmp_path / "b-scores.json").exists()
+
+
+class ScriptedJudge:
+    """A plain http.server endpoint that answers with the statuses and bodies a test chooses, and counts requests:
+    an independent server, so retry and parsing behaviour is not tested against our own serve alone."""
+
+    def __init__(self, answers):
+        import http.server
+
+        self.answers, self.requests = list(answers), 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests += 1
+                status, body = outer.answers[min(outer.requests, len(outer.answers)) - 1]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def chat_reply(content):
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_client_errors_are_sent_once(status):
+    server = ScriptedJudge([(status, {"error": {"message": "no such thing"}})])
+    try:
+        with pytest.raises(ScratchLLMError, match=f"HTTP {status}: no such thing"):
+            Judge(server.url, "j", retries=3, backoff=0.01).ask("hi")
+        assert server.requests == 1
+    finally:
+        server.close()
+
+
+def test_overload_and_server_errors_are_retried_and_contents_of_every_shape_read():
+    server = ScriptedJudge([(503, {"error": {"message": "busy"}}), (429, {"error": {"message": "slow down"}}),
+                            (500, {}), (200, chat_reply(85))])  # fmt: skip
+    try:
+        assert Judge(server.url, "j", retries=3, backoff=0.01).ask("hi") == "85" and server.requests == 4
+        server.answers, server.requests = [(200, chat_reply([{"type": "text", "text": "Score: "},
+                                                             {"type": "text", "text": "90"}]))], 0  # fmt: skip
+        assert parse_score(Judge(server.url, "j").ask("hi"), RUBRICS["book"]) == 90
+        server.answers, server.requests = [(200, chat_reply({"odd": 1}))], 0
+        with pytest.raises(ScratchLLMError, match="not an OpenAI chat completion reply"):
+            Judge(server.url, "j").ask("hi")
+    finally:
+        server.close()
+    with pytest.raises(ScratchLLMError, match="expected an http"):
+        Judge("file:///etc/passwd", "j")
+
+
+def test_resume_needs_the_same_records_judge_and_rubric(tmp_path):
+    server = ScriptedJudge([(200, chat_reply("70"))])
+    try:
+        responses = tmp_path / "r.json"
+        responses.write_text(json.dumps(RECORDS))
+        judge_file(Judge(server.url, "j"), responses, tmp_path / "s.json", RUBRICS["book"])
+        sent = server.requests
+        changed = [dict(r) for r in RECORDS]
+        changed[1]["model_response"] = "Green."
+        responses.write_text(json.dumps(changed))
+        for judge, rubric in ((Judge(server.url, "j"), "book"), (Judge(server.url, "other"), "book"),
+                              (Judge(server.url, "j"), "1-5")):  # fmt: skip
+            if rubric == "book" and judge.model == "other":
+                responses.write_text(json.dumps(RECORDS))
+            with pytest.raises(ScratchLLMError, match="other records, another judge or another rubric"):
+                judge_file(judge, responses, tmp_path / "s.json", RUBRICS[rubric])
+        assert server.requests == sent  # nothing was sent for a mismatched resume
+    finally:
+        server.close()
+
+
+def test_the_mean_ignores_unparsable_replies_and_compare_bootstraps_the_differences():
+    scored = [{"score": s} for s in (80, None, 60, None)]
+    assert summary(scored)["mean"] == 70 and summary(scored)["unparsable"] == 2
+    g = torch.Generator().manual_seed(0)
+    a = [{"score": int(v)} for v in torch.randint(60, 100, (200,), generator=g)]
+    b = [{"score": int(v)} for v in torch.randint(20, 70, (200,), generator=g)]
+    c = compare(a, b)
+    diffs = torch.tensor([x["score"] - y["score"] for x, y in zip(a, b)], dtype=torch.float64)
+    se = float(diffs.std() / len(diffs) ** 0.5)  # the normal approximation as the independent reference
+    low, high = c["ci95"]
+    assert c["mean_difference"] == pytest.approx(float(diffs.mean()))
+    assert low == pytest.approx(float(diffs.mean()) - 1.96 * se, abs=0.4 * se)
+    assert high == pytest.approx(float(diffs.mean()) + 1.96 * se, abs=0.4 * se)

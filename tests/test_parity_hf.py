@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.checkpoints.hf import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
 from scratchllm.models import Transformer
 from scratchllm.training.loss import cross_entropy, lm_loss
-
-transformers = pytest.importorskip("transformers")
 
 GPT2_CASES = {
     "tied": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=300, tie_word_embeddings=True),

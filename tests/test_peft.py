@@ -3,16 +3,15 @@ our logits) and the merged weights as a HuggingFace folder (transformers loads i
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
+import transformers
 
 from scratchllm.checkpoints.convert import to_hf
 from scratchllm.checkpoints.peft import export_peft
 from scratchllm.models import build_model
 from scratchllm.models.lora import LoRAConfig, apply_lora, merge_lora
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 
 @pytest.mark.parametrize("preset,targets", [("gpt-tiny", ("all",)), ("llama-tiny", ("all",)),

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.checkpoints.io import save_model
 from scratchllm.checkpoints.load import load_checkpoint
@@ -17,7 +18,6 @@ from scratchllm.models import build_model
 
 from .conftest import GPT2_BPE
 
-transformers = pytest.importorskip("transformers")
 IDS = torch.tensor([[15496, 11, 314, 716, 257, 3303, 2746], [40, 367, 2885, 1464, 1807, 3619, 402]])
 
 
@@ -216,7 +216,8 @@ def test_hub_cache_logic_offline(tmp_path, monkeypatch):
 
 
 def test_sentencepiece_tokenizer(tmp_path):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
+
     from scratchllm.tokenizers.formats import load_tokenizer
     from scratchllm.tokenizers.sentencepiece import SentencePieceTokenizer
 

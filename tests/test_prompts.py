@@ -4,6 +4,7 @@ that make transformers' `apply_chat_template` produce exactly our prompt."""
 from __future__ import annotations
 
 import pytest
+import transformers
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.prompts import STYLES, get_style
@@ -51,8 +52,6 @@ def test_instruction_records_as_the_book_formats_them():
     with pytest.raises(ScratchLLMError, match="message 0"):
         alpaca.render([{"role": "robot", "content": "x"}])
 
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("name", sorted(STYLES))

@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from scratchllm.generation.engine import Engine, GenerationConfig
@@ -16,8 +17,6 @@ from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
 from tests.serving_helpers import ServerThread, scripted_model
 from tests.test_engine import sharp_model
-
-openai = pytest.importorskip("openai")
 
 MODEL = "tiny-test"
 KEY = "sk-test"

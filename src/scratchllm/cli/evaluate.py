@@ -36,6 +36,7 @@ def register(sub) -> None:
     judge.add_argument("--compare", default=None, help="a second responses file, judged and compared record by record")
     judge.add_argument("--retries", type=int, default=4, help="retries on transport errors, 429 and 5xx")
     judge.add_argument("--seed", type=int, default=123, help="sent with every request (the book: 123)")
+    judge.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one reply")
     judge.set_defaults(handler=run_judge)
 
 
@@ -60,7 +61,10 @@ def run_judge(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ScratchLLMError(f"--retries must be >= 0, got {args.retries}")
     judge = Judge(args.endpoint, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"), args.retries,
-                  seed=args.seed)  # fmt: skip
+                  timeout=args.timeout, seed=args.seed)  # fmt: skip
+    inputs = {Path(f).resolve() for f in (args.responses, args.compare) if f}
+    if args.out and Path(args.out).resolve() in inputs:
+        raise ScratchLLMError(f"--out {args.out}: is one of the responses files it would score; choose another")
     rubric = RUBRICS[args.rubric]
     results = []
     for responses, out in ((args.responses, args.out), (args.compare, None)):

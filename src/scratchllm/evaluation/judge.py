@@ -8,8 +8,9 @@ API. Decisions:
 - Transport errors, 429 and 5xx answers are retried with exponential backoff; other 4xx answers are the
   caller's mistake and stop at once with the server's message.
 - Every raw reply is saved next to its record (`judge_reply`, `score`); a reply without an integer in range
-  is counted as unparsable (score null), never dropped silently. The scores file is rewritten atomically
-  after each record, and a rerun skips records that already have a reply: judging resumes.
+  is counted as unparsable (score null), never dropped silently and never a 0 in the mean. The scores file
+  is rewritten atomically after each record, and a rerun skips records that already have a reply: judging
+  resumes, but only for the same records, judge (model and URL) and rubric.
 - The summary is the mean with a bootstrap 95% confidence interval (resampling records, seeded). Two
   response files are compared record by record: the mean paired difference with its own bootstrap
   interval, and wins / ties / losses.
@@ -71,9 +72,19 @@ class Judge:
 
     def __init__(self, endpoint: str, model: str, api_key: str | None = None, retries: int = 4,
                  backoff: float = 1.0, timeout: float = 120.0, seed: int = 123):  # fmt: skip
+        if not re.match(r"https?://[^/\s]+", endpoint):
+            raise ScratchLLMError(f"--endpoint {endpoint!r}: expected the http:// or https:// URL of an OpenAI-"
+                                  "compatible API, e.g. http://127.0.0.1:8000/v1")  # fmt: skip
+        if not timeout > 0:
+            raise ScratchLLMError(f"--timeout must be > 0 seconds, got {timeout}")
         self.url = endpoint.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.retries, self.backoff = model, api_key, retries, backoff
         self.timeout, self.seed = timeout, seed
+
+    @property
+    def name(self) -> str:
+        """Who judged: saved with every score, so a rerun with another judge never reuses them."""
+        return f"{self.model} at {self.url}"
 
     def ask(self, prompt: str) -> str:
         body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
@@ -89,7 +100,7 @@ class Judge:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as r:
                     reply = json.loads(r.read())
-                return reply["choices"][0]["message"]["content"] or ""
+                return _content_text(reply["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as e:
                 message = _error_message(e)
                 if e.code != 429 and e.code < 500:
@@ -100,6 +111,19 @@ class Judge:
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 raise ScratchLLMError(f"judge {self.url}: not an OpenAI chat completion reply ({e})") from None
         raise ScratchLLMError(f"judge {self.url}: no answer after {self.retries + 1} attempts (last: {last})")
+
+
+def _content_text(content) -> str:
+    """A reply's text: a string, a list of content parts (their text joined), a bare number, or nothing."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (int, float)) and not isinstance(content, bool):
+        return str(content)
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        return "".join(str(part.get("text", "")) for part in content if part.get("type", "text") == "text")
+    raise TypeError(f"message content is a {type(content).__name__}")
 
 
 def _error_message(e: urllib.error.HTTPError) -> str:
@@ -135,15 +159,18 @@ def judge_file(judge: Judge, responses: str | Path, out: str | Path, rubric: Rub
             done = json.loads(out.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise ScratchLLMError(f"{out}: not a scores file; use another --out") from None
+        # Resume only what was judged of exactly these records, by this judge, with this rubric.
         same = isinstance(done, list) and len(done) <= len(records) and all(
-            isinstance(d, dict) and d.get("instruction") == r["instruction"] and d.get("rubric") == rubric.name
-            for d, r in zip(done, records))  # fmt: skip
+            isinstance(d, dict) and all(d.get(k) == v for k, v in r.items()) and d.get("rubric") == rubric.name
+            and d.get("judge") == judge.name for d, r in zip(done, records))  # fmt: skip
         if not same:
-            raise ScratchLLMError(f"{out}: holds scores for other records or another rubric; use another --out")
+            raise ScratchLLMError(f"{out}: holds scores of other records, another judge or another rubric; "
+                                  "use another --out (or delete it to judge again)")  # fmt: skip
     scored = list(done)
     for i, record in enumerate(records[len(done) :], start=len(done)):
         reply = judge.ask(rubric.prompt(record))
-        scored.append({**record, "rubric": rubric.name, "judge_reply": reply, "score": parse_score(reply, rubric)})
+        scored.append({**record, "rubric": rubric.name, "judge": judge.name, "judge_reply": reply,
+                       "score": parse_score(reply, rubric)})  # fmt: skip
         text = json.dumps(scored, indent=1, ensure_ascii=False)
         atomic_write(out, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
         if progress is not None:

@@ -6,8 +6,10 @@ Decisions:
 - `LoRALinear` is an `nn.Linear` holding the base layer's own Parameters, so the base keeps its names
   (`blocks.0.attn.qkv.weight` loads as before) and the adapter adds `lora_A` / `lora_B` beside them.
 - B starts at zero (A Kaiming-uniform, as the book): at initialisation the model is exactly the base model.
-- Scaling is alpha / rank, as the LoRA paper, PEFT and litgpt. The book's printed chapter scales by alpha
-  alone; the two agree when rank == alpha, as in every run of the book (rank 16, alpha 16).
+- Scaling is alpha / rank, as the LoRA paper, PEFT, litgpt and the book's current appendix-E notebook. The
+  printed appendix E (and exercise 7.4, which reuses it) scales by alpha alone: its rank 16, alpha 16 is an
+  update 16 times ours at rank 16, alpha 16. Our alpha = book alpha x rank reproduces it exactly (rank 16,
+  alpha 256), which is what the book's recipe configs set.
 - The fused qkv projection gets one adapter per slice (q, k, v: `splits`), i.e. the book's three separate
   adapters on W_query, W_key, W_value: the same parameter count (the book's 2,666,528 for its GPT-2
   classifier), and per-head-group updates stay independent. Exported to PEFT, HF GPT-2's fused `c_attn`

@@ -130,7 +130,7 @@ class LoRASettings:
     """LoRA fields shared by the fine-tuning configs (used when the task trains adapters)."""
 
     lora_rank: int = 16
-    lora_alpha: float = 16.0  # scaling alpha / rank (the book: rank 16, alpha 16)
+    lora_alpha: float = 16.0  # the update is scaled by alpha / rank (PEFT's rule; the printed book's 16 = 256 here)
     lora_dropout: float = 0.0
     lora_targets: str = "all"  # "all" (every Linear incl. the head) or a comma list: qkv,proj,fc1,fc2,...
 
