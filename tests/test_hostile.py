@@ -105,8 +105,8 @@ def test_overwrite_never_deletes_the_current_folder(data_dir, tmp_path, capsys, 
 
 def test_convert_protects_its_output_and_its_source(model_dir, tmp_path, capsys):
     source_before = snapshot(model_dir)
-    fails(capsys, ["convert", "--to", "hf", str(model_dir), str(model_dir)], "overlap")
-    fails(capsys, ["convert", "--to", "hf", str(model_dir), str(model_dir / "inside")], "overlap")
+    fails(capsys, ["convert", "--to", "hf", str(model_dir), str(model_dir)], "is SOURCE", "an input of this command")
+    fails(capsys, ["convert", "--to", "hf", str(model_dir), str(model_dir / "inside")], "sits inside SOURCE")
     out = tmp_path / "out"
     out.mkdir()
     (out / "tokenizer.model").write_bytes(b"an old SentencePiece file")
@@ -311,3 +311,55 @@ def test_quiet_surprises_are_said(model_dir, data_dir, tmp_path, capsys):
                               str(tmp_path / "noval-data"))) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "no validation split" in text and "nan" not in text
+
+
+@pytest.mark.parametrize("verb", ["classify", "instruct", "dpo"])
+@pytest.mark.parametrize("where", ["is", "contains", "sits inside"])
+def test_no_run_folder_is_contains_or_sits_inside_an_input(model_dir, tmp_path, capsys, verb, where):
+    """`--overwrite` with an --out-dir that is (or holds, or lies inside) the starting model or the data would
+    delete it: refused before anything is written."""
+    holder = tmp_path / "holder"
+    source = holder / "model"
+    source.parent.mkdir()
+    import shutil
+
+    shutil.copytree(model_dir, source)
+    (holder / "unrelated.txt").write_text("keep me")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b", "text": "t", "label": "x"}]))
+    out = {"is": source, "contains": holder, "sits inside": source / "run"}[where]
+    before = snapshot(holder)
+    fails(capsys, ["finetune", verb, "--checkpoint", str(source), "--data", str(data), "--out-dir", str(out),
+                   "--overwrite"], f"--out-dir {out}: {where} --checkpoint", "choose another --out-dir")  # fmt: skip
+    assert snapshot(holder) == before
+    fails(capsys, ["finetune", verb, "--checkpoint", str(source), "--data", str(data), "--out-dir", str(data),
+                   "--overwrite"], "is --data")  # fmt: skip
+    assert data.exists()
+
+
+def test_respond_never_writes_over_its_records(model_dir, tmp_path, capsys):
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([{"instruction": f"i{k}", "input": "", "output": "o"} for k in range(20)]))
+    before = data.read_bytes()
+    fails(capsys, ["respond", "--checkpoint", str(model_dir), "--data", str(data), "--out", str(data), "--overwrite",
+                   "--style", "alpaca"], "--out", "is --data")  # fmt: skip
+    assert data.read_bytes() == before
+
+
+def test_resume_with_a_changed_shape_flag_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`--resume --trainable all` or `--lora-rank 8` on a LoRA run would rebuild another model: one line, and the
+    run folder (config.yaml included) stays as it was, so the run still resumes."""
+    data = tmp_path / "texts.csv"
+    data.write_text("text,label\n" + "".join(f"message number {i},{'spam' if i % 2 else 'ham'}\n" for i in range(40)))
+    run = tmp_path / "run"
+    base = ["finetune", "classify", "--checkpoint", "gpt-tiny", "--data", str(data), "--out-dir", str(run),
+            "--trainable", "lora", "--lora-rank", "4", "--epochs", "1", "--batch-size", "4", "--eval-batches", "1",
+            "--no-progress"]  # fmt: skip
+    assert main(base) == 0
+    capsys.readouterr()
+    before = snapshot(run)
+    for changed in (["--trainable", "all"], ["--lora-rank", "8"], ["--checkpoint", "llama-tiny"]):
+        resumed = ["finetune", "classify", "--out-dir", str(run), "--resume", *changed]
+        fails(capsys, resumed, "--resume:", "differs from the run's")
+        assert snapshot(run) == before, changed
+    assert main(["finetune", "classify", "--out-dir", str(run), "--resume", "--lr", "1e-4"]) == 0  # lr may change

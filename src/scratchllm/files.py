@@ -58,6 +58,21 @@ def _check_writable(path: Path) -> None:
         raise ScratchLLMError(f"{path}: no permission to write in {probe}")
 
 
+def refuse_overlap(out: str | Path, out_flag: str, inputs: dict[str, str | Path | None]) -> None:
+    """No output may be, contain or sit inside one of the command's inputs (`--overwrite` would destroy it, and
+    writing beside it mixes the two). `inputs` maps flags to paths; names that are no local path are skipped."""
+    target = Path(out).resolve()
+    for flag, spec in inputs.items():
+        if spec is None or not Path(spec).exists():
+            continue
+        source = Path(spec).resolve()
+        how = ("is" if target == source else "contains" if target in source.parents
+               else "sits inside" if source in target.parents else None)  # fmt: skip
+        if how:
+            raise ScratchLLMError(f"{out_flag} {out}: {how} {flag} {spec}, an input of this command; choose another "
+                                  f"{out_flag}")  # fmt: skip
+
+
 def claim_output_file(path: str | Path, overwrite: bool) -> Path:
     """Check that `path` may be written: absent (or `overwrite`), not a folder, in a writable place."""
     path = Path(path)

@@ -20,16 +20,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from scratchllm.checkpoints.convert import to_hf, to_scratchllm
     from scratchllm.checkpoints.load import load_checkpoint
-    from scratchllm.errors import ScratchLLMError
-    from scratchllm.files import claim_output_folder, replace_folder
+    from scratchllm.files import claim_output_folder, refuse_overlap, replace_folder
 
-    source, out = Path(args.source).resolve(), Path(args.out).resolve()
-    if Path(args.source).exists() and (out == source or source in out.parents or out in source.parents):
-        raise ScratchLLMError(f"convert: OUT {args.out} and SOURCE {args.source} overlap; choose another OUT")
+    refuse_overlap(args.out, "OUT", {"SOURCE": args.source})
     claim_output_folder(args.out, args.overwrite, "converted model")
     loaded = load_checkpoint(args.source, args.dtype, "cpu")
     if args.to == "hf":  # a fine-tuned run's prompt style becomes the tokenizer's chat_template

@@ -36,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoints.load import load_checkpoint
     from scratchllm.data.instructions import book_split, read_examples
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.files import claim_output_file
+    from scratchllm.files import claim_output_file, refuse_overlap
     from scratchllm.generation.engine import end_of_text_ids
     from scratchllm.prompts import get_style
     from scratchllm.training.instruct import respond, write_responses
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ScratchLLMError("--max-new-tokens and --batch-size must be >= 1")
+    refuse_overlap(args.out, "--out", {"--data": args.data, "--checkpoint": args.checkpoint})
     out = claim_output_file(args.out, args.overwrite)
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     name = args.style or loaded.prompt_style

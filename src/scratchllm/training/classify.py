@@ -123,7 +123,8 @@ def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bo
     dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
-        replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False
+        replacing = claim_run_dir(run_dir, resume, overwrite, {"--checkpoint": cfg.checkpoint, "--data": cfg.data,
+                                   "--tokenizer": cfg.tokenizer}, cfg) if dist.is_main else False  # fmt: skip
         train, val, test = load_splits(cfg)
         backbone, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
         pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0

@@ -48,6 +48,9 @@ class TrainSettings:
     progress: bool = True
 
     what: ClassVar[str] = "training config"  # names the config in error messages
+    # Fields a resumed run must keep: they shape the model, its trainable part or its data (the rest, such as
+    # lr or max_steps, may change on --resume).
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         check_fields(self, self.what)
@@ -110,6 +113,8 @@ class PretrainConfig(TrainSettings):
     sample_tokens: int = 64
 
     what: ClassVar[str] = "pretrain config"
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("model", "model_overrides", "data", "tokenizer", "vocab_size",
+                                                  "pattern", "seq_len")  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +138,8 @@ class LoRASettings:
     lora_alpha: float = 16.0  # the update is scaled by alpha / rank (PEFT's rule; the printed book's 16 = 256 here)
     lora_dropout: float = 0.0
     lora_targets: str = "all"  # "all" (every Linear incl. the head) or a comma list: qkv,proj,fc1,fc2,...
+
+    fields: ClassVar[tuple[str, ...]] = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
     def lora_config(self):
         from scratchllm.models.lora import LoRAConfig
@@ -169,6 +176,10 @@ class ClassifyConfig(TrainSettings, LoRASettings):
     out_dir: str = "runs/classify"
 
     what: ClassVar[str] = "classification config"
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "text_column", "label_column",
+                                                  "balance", "train_fraction", "val_fraction", "split_seed",
+                                                  "trainable", "pooling", "max_length",
+                                                  *LoRASettings.fields)  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -205,6 +216,8 @@ class InstructConfig(TrainSettings, LoRASettings):
     out_dir: str = "runs/instruct"
 
     what: ClassVar[str] = "instruction fine-tuning config"
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "max_length", "lora",
+                                                  *LoRASettings.fields)  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -245,6 +258,8 @@ class DPOConfig(TrainSettings, LoRASettings):
     out_dir: str = "runs/dpo"
 
     what: ClassVar[str] = "DPO config"
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "max_length", "lora",
+                                                  *LoRASettings.fields)  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -156,7 +156,8 @@ def finetune_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False,
     dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
-        replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False
+        replacing = claim_run_dir(run_dir, resume, overwrite, {"--checkpoint": cfg.checkpoint, "--data": cfg.data,
+                                   "--tokenizer": cfg.tokenizer}, cfg) if dist.is_main else False  # fmt: skip
         model, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
         saved = saved_style(Path(cfg.checkpoint)) if Path(cfg.checkpoint).is_dir() else None
         style = get_style(cfg.style or saved or "alpaca")

@@ -150,7 +150,8 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
     dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
-        replacing = claim_run_dir(run_dir, resume, overwrite) if dist.is_main else False
+        replacing = claim_run_dir(run_dir, resume, overwrite, {"--checkpoint": cfg.checkpoint, "--data": cfg.data,
+                                   "--tokenizer": cfg.tokenizer}, cfg) if dist.is_main else False  # fmt: skip
         style = get_style(cfg.style)
         path = cfg.data if Path(cfg.data).exists() else named_instructions(cfg.data)
         train, val, test = book_split(read_examples(path, style))

@@ -32,7 +32,7 @@ import torch
 
 from scratchllm.checkpoints.io import CONFIG_FILE, save_model
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import atomic_write, claim_output_folder
+from scratchllm.files import atomic_write, claim_output_folder, refuse_overlap
 from scratchllm.hardware import peak_memory_mib, resolve_dtype, utilisation
 from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import TrainSettings
@@ -122,13 +122,19 @@ def autocast_dtype(cfg: TrainSettings, device: str) -> torch.dtype | None:
     return None if dtype == torch.float32 else dtype
 
 
-def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Check the run folder against the user's intent; True when an old run will be replaced."""
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: dict | None = None,
+                  cfg: TrainSettings | None = None) -> bool:  # fmt: skip
+    """Check the run folder against the user's intent and the command's `inputs` (flag -> path, which the
+    run folder may not be, contain or sit inside); True when an old run will be replaced. A resumed run must
+    keep `cfg`'s fields that shape the model or its data: checked here, before anything is written."""
+    refuse_overlap(run_dir, "--out-dir", inputs or {})
     if resume:
         if run_dir.exists() and not run_dir.is_dir():
             raise ScratchLLMError(f"--out-dir {run_dir}: is a file, not a run folder")
         if not list_checkpoints(run_dir):
             raise ScratchLLMError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+        if cfg is not None:
+            _check_resumable(run_dir, cfg)
         return False
     try:
         return claim_output_folder(run_dir, overwrite, "new run")
@@ -139,6 +145,21 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
             f"--out-dir {run_dir} already holds files (a run?); pass --resume to continue it, --overwrite to "
             "replace it, or choose another --out-dir"
         ) from None
+
+
+def _check_resumable(run_dir: Path, cfg: TrainSettings) -> None:
+    from scratchllm.training.config import load_config_file
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.exists():
+        return
+    saved, now = load_config_file(saved_file, type(cfg)), cfg.to_dict()
+    for name in cfg.fixed_on_resume:
+        if name in saved and saved[name] != now[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ScratchLLMError(f"--resume: {flag} {now[name]!r} differs from the run's {saved[name]!r} "
+                                  f"({saved_file}); a run resumes with the settings it started with, or start a "
+                                  "new one with another --out-dir")  # fmt: skip
 
 
 def open_run_dir(run_dir: Path, replacing: bool, cfg: TrainSettings, tokenizer) -> None:

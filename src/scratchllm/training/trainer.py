@@ -134,7 +134,8 @@ def _check_tokens(prepared, tokenizer) -> None:
 def _pretrain(cfg: PretrainConfig, resume: bool, on_step, dist, overwrite: bool = False) -> RunResult:
     run_dir = Path(cfg.out_dir)
     main = dist.is_main
-    replacing = claim_run_dir(run_dir, resume, overwrite) if main else False
+    inputs = {"--data": cfg.data, "--tokenizer": cfg.tokenizer}
+    replacing = claim_run_dir(run_dir, resume, overwrite, inputs, cfg) if main else False
     # Data: rank 0 prepares (or reuses) the token file, the others wait and then open it.
     opts = options_from(cfg)
     if main:
