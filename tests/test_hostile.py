@@ -363,3 +363,30 @@ def test_resume_with_a_changed_shape_flag_is_refused_before_anything_is_written(
         fails(capsys, resumed, "--resume:", "differs from the run's")
         assert snapshot(run) == before, changed
     assert main(["finetune", "classify", "--out-dir", str(run), "--resume", "--lr", "1e-4"]) == 0  # lr may change
+
+
+def test_finetune_inputs_that_used_to_break_a_run(tmp_path, capsys):
+    """Each once ran into NaN, the kernel's OOM killer or an internal error; now one line before any work."""
+    records = tmp_path / "long.json"
+    records.write_text(json.dumps([{"instruction": "word " * 80, "input": "", "output": "ok"}] * 12))
+    fails(capsys, ["finetune", "instruct", "--checkpoint", "gpt-tiny", "--data", str(records), "--mask-prompt",
+                   "--max-length", "32", "--out-dir", str(tmp_path / "a"), "--no-progress"],
+          "--mask-prompt: every training prompt", "no response token is left")  # fmt: skip
+    fails(capsys, ["finetune", "instruct", "--checkpoint", "gpt-tiny", "--data", str(records), "--lora",
+                   "--lora-rank", "100000", "--out-dir", str(tmp_path / "b"), "--no-progress"],
+          "lora rank 100000 exceeds what layer")  # fmt: skip
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_labelled_files_with_long_fields_quoted_newlines_u2028_and_a_bom(tmp_path):
+    from scratchllm.data.classification import read_labelled
+
+    long_text = "x" * 300_000
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text('\ufefftext,label\n"two\nlines",a\n' + long_text + ",b\nplain,a\n", encoding="utf-8")
+    data = read_labelled(csv_file)
+    assert data.texts == ["two\nlines", long_text, "plain"] and data.names == ["a", "b"]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text(json.dumps({"text": "sep\u2028arated", "label": "a"}, ensure_ascii=False) + "\n"
+                     + json.dumps({"text": "other", "label": "b"}) + "\n", encoding="utf-8")  # fmt: skip
+    assert read_labelled(jsonl).texts == ["sep\u2028arated", "other"]

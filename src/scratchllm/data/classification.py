@@ -17,6 +17,7 @@ Decisions:
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,9 @@ def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[li
         raise ScratchLLMError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
     out: list[list[str]] = []
     if fmt == "jsonl":
-        for lineno, line in enumerate(raw.splitlines(), 1):
+        # Records end at "\n" only: str.splitlines() would also cut at U+2028 and other separators, which
+        # valid JSON strings may hold unescaped.
+        for lineno, line in enumerate(raw.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -108,12 +111,21 @@ def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[li
                 raise ScratchLLMError(f"{path}:{lineno}: field {keys[0]!r} should be a string")
             out.append([str(record[k]) for k in keys])
         return out
-    rows = list(csv.reader(raw.splitlines(), delimiter="\t" if fmt == "tsv" else ","))
+    # A quoted CSV field may hold newlines and be long: read the file as one stream, with no field size limit
+    # beyond the file's own, and name records by the line they start on.
+    csv.field_size_limit(max(csv.field_size_limit(), len(raw) + 1))
+    reader = csv.reader(io.StringIO(raw, newline=""), delimiter="\t" if fmt == "tsv" else ",")
     numeric = all(k.isdigit() for k in keys)
-    header = None if numeric else (rows.pop(0) if rows else None)
-    for lineno, row in enumerate(rows, 1 if numeric else 2):
-        if row:
-            out.append([_column(row, k, header, path, lineno) for k in keys])
+    header, start = None, 1
+    try:
+        for row in reader:
+            if header is None and not numeric:
+                header = row
+            elif row:
+                out.append([_column(row, k, header, path, start) for k in keys])
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ScratchLLMError(f"{path}:{start}: malformed {fmt.upper()} ({e})") from None
     return out
 
 

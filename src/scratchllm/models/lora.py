@@ -118,6 +118,13 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> int:
     def wanted(name: str) -> bool:
         return name not in unused and ("all" in cfg.targets or name.rsplit(".", 1)[-1] in cfg.targets)
 
+    for name, layer in model.named_modules():  # checked before anything changes
+        if isinstance(layer, nn.Linear) and wanted(name):
+            smallest = min(layer.in_features, *(splits.get(name) or (layer.out_features,)))
+            if cfg.rank > smallest:
+                raise ScratchLLMError(f"lora rank {cfg.rank} exceeds what layer {name} can hold: its update is at "
+                                      f"most rank {smallest} (in {layer.in_features}, out {layer.out_features}); "
+                                      f"use a rank <= {smallest}")  # fmt: skip
     if getattr(model, "is_tied", False) and wanted("out_head"):
         # An adapted head is no longer the embedding: give it its own copy (as the book's GPTModel has), so
         # merging the update never changes the embedding.

@@ -164,6 +164,16 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
         limit = min(cfg.max_length or model.config.context_length, model.config.context_length)
         cfg.max_length = limit
         splits = {name: encode(part, tokenizer) for name, part in (("train", train), ("val", val), ("test", test))}
+        if cfg.mask_prompt:  # an example whose prompt fills the window has no response token to learn
+            keep = [i for i, e in enumerate(splits["train"]) if e.prompt_len - 1 < limit]
+            if not keep:
+                raise ScratchLLMError(f"--mask-prompt: every training prompt of {path} is at least {limit + 1} tokens, "
+                                      "so no response token is left to learn within --max-length; raise it or drop "
+                                      "--mask-prompt")  # fmt: skip
+            if len(keep) < len(train):
+                print(f"note: --mask-prompt: {len(train) - len(keep)} training records whose prompt fills all "
+                      f"{limit} tokens are left out (nothing of their response would be learned)")  # fmt: skip
+                train, splits["train"] = [train[i] for i in keep], [splits["train"][i] for i in keep]
         rows = cfg.batch_size * cfg.grad_accum * dist.world_size
         if len(train) < rows:
             raise ScratchLLMError(f"{path}: {len(train)} training records, fewer than a batch of {rows}")
