@@ -127,6 +127,20 @@ def test_auth_size_json_and_routes(served):
     assert big.status_code == 413 and "error" in big.json()
     bad = httpx.post(url + "/v1/completions", content=b"{not json", headers=auth)
     assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
+    sent = []
+
+    def chunked():  # no Content-Length: the server must count what arrives and stop at its limit
+        for _ in range(64):
+            sent.append(1)
+            yield b" " * (256 << 10)
+
+    try:
+        upload = httpx.post(url + "/v1/completions", content=chunked(), headers=auth)
+        assert upload.status_code == 413 and upload.json()["error"]["message"].startswith("request body over")
+    except httpx.HTTPError:  # the server may answer and close before the client has sent everything
+        pass
+    nested = httpx.post(url + "/v1/completions", content=b"[" * 100_000 + b"]" * 100_000, headers=auth)
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["error"]["message"]
     assert httpx.get(url + "/v1/nothing", headers=auth).json()["error"]["type"] == "not_found_error"
     robot = {"messages": [{"role": "robot", "content": "x"}]}
     msgs = httpx.post(url + "/v1/chat/completions", json=robot, headers=auth)

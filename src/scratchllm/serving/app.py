@@ -139,13 +139,21 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
             raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
-        raw = await http.body()
-        if len(raw) > settings.max_request_bytes:
-            raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
+        # Read the body as it arrives and stop at the limit: a chunked upload with no Content-Length is never
+        # buffered beyond max_request_bytes.
+        chunks, size = [], 0
+        async for chunk in http.stream():
+            size += len(chunk)
+            if size > settings.max_request_bytes:
+                raise ApiError(413, f"request body over {settings.max_request_bytes} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "the request body is JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         model = body.get("model")
