@@ -262,3 +262,49 @@ def test_meta_params_json_gives_the_hf_derived_preset(name):
     for field in ("name", "tie_embeddings"):  # Meta stores `output` separately even where HF ties it
         got.pop(field), expected.pop(field)
     assert got == expected
+
+
+def test_auto_dtype_follows_the_stored_weights(tmp_path):
+    """Like transformers' dtype="auto": an fp32 folder loads in fp32 (and then decodes greedily exactly as
+    transformers does), a bf16 folder in bf16 where the CPU has native bf16."""
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.generation.generate import GenerationConfig, generate
+    from scratchllm.hardware import cpu_has_bf16
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=300,
+                                  initializer_range=0.3)  # fmt: skip
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "fp32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf.float()
+    loaded = load_checkpoint(tmp_path / "fp32", "auto", "cpu")
+    assert loaded.model.dtype == torch.float32
+    prompt = [5, 17, 42, 7]
+    ours = generate(loaded.model, [prompt], GenerationConfig(max_new_tokens=20)).tokens[0]
+    ids = torch.tensor([prompt])
+    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
+                         do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    assert ours == theirs
+    expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert load_checkpoint(tmp_path / "bf16", "auto", "cpu").model.dtype == expected
+    assert load_checkpoint(tmp_path / "fp32", "bf16", "cpu").model.dtype == torch.bfloat16  # asked for: given
+
+
+def test_random_prefix_names_the_preset_and_the_offline_error_says_so(monkeypatch, tmp_path):
+    from scratchllm.checkpoints import download
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.errors import ScratchLLMError
+
+    monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise ScratchLLMError("cannot reach the hub (offline)")
+
+    monkeypatch.setattr(download, "download_model", offline)
+    with pytest.raises(ScratchLLMError, match="offline, --checkpoint random:gpt2-medium builds"):
+        load_checkpoint("gpt2-medium", "fp32", "cpu")
+    tiny = load_checkpoint("random:gpt-tiny", "fp32", "cpu")
+    assert tiny.source == "random" and tiny.model.config.n_layers == 2
+    with pytest.raises(ScratchLLMError, match="not a model preset"):
+        load_checkpoint("random:nothing", "fp32", "cpu")

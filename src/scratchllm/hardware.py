@@ -69,8 +69,20 @@ def check_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(name: str | None, device: str = "cpu") -> torch.dtype:
-    """`auto`, `fp32`, `bf16` or `fp16` -> a torch dtype; an explicit bf16 on an emulating CPU warns once."""
+def resolve_dtype(name: str | None, device: str = "cpu", stored: torch.dtype | None = None) -> torch.dtype:
+    """`auto`, `fp32`, `bf16` or `fp16` -> a torch dtype; an explicit bf16 on an emulating CPU warns once.
+
+    `auto` with weights stored in `stored` follows them, as transformers' `dtype="auto"` does: fp32 weights stay
+    fp32 (bf16 would change greedy outputs for little speed), 16-bit weights run in 16 bits where the hardware
+    multiplies them natively (bf16 on a CPU, their own dtype on a GPU) and in fp32 where it does not.
+    Without stored weights (a model built fresh) `auto` is bf16 wherever it is native.
+    """
+    if name in (None, "auto") and stored is not None:
+        if stored not in (torch.bfloat16, torch.float16):
+            return torch.float32
+        if device.startswith("cuda"):
+            return stored if stored == torch.float16 or torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     if name in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

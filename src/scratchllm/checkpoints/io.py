@@ -62,6 +62,25 @@ def load_tensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str
     return out
 
 
+SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def stored_float_dtype(path: str | Path) -> torch.dtype | None:
+    """The dtype most of a safetensors file's floating-point weights are stored in, from its header only."""
+    import json as _json
+    import struct
+    from collections import Counter
+
+    try:
+        with open(path, "rb") as f:
+            header = _json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    except (OSError, ValueError, struct.error):
+        return None
+    counts = Counter(info["dtype"] for name, info in header.items()
+                     if name != "__metadata__" and info.get("dtype") in SAFETENSORS_FLOATS)  # fmt: skip
+    return SAFETENSORS_FLOATS[counts.most_common(1)[0][0]] if counts else None
+
+
 def tensor_bytes(path: str | Path, dtype: torch.dtype | None = None) -> int:
     """Bytes the tensors of a safetensors file take once loaded (in `dtype`), read from its header only."""
     import json as _json

@@ -7,7 +7,9 @@ Accepted, in the order they are tried:
    `pytorch_model.bin` read with `weights_only=True`) of a GPT-2 or Llama model;
 4. Meta's original Llama layout (`params.json` + `consolidated.*.pth` + `tokenizer.model`);
 5. a preset name or a model config file: a randomly initialised model (for benchmarks and smoke tests).
-The dtype is chosen by `hardware.resolve_dtype`: "auto" picks bf16 where the hardware computes it natively.
+The dtype is chosen by `hardware.resolve_dtype`: "auto" follows the dtype the weights are stored in (fp32 stays
+fp32; 16-bit weights run in 16 bits where the hardware computes them natively); random weights get bf16 where
+it is native.
 """
 
 from __future__ import annotations
@@ -127,23 +129,45 @@ def announce_memory(files: list[Path], dtype: torch.dtype | None) -> None:
         print(f"loading {files[0].parent.name}: {total / 2**30:.2f} GiB of weights in {name}", file=sys.stderr)
 
 
+def _stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype a model folder's weights are stored in: safetensors headers, else config.json's torch_dtype
+    (a pytorch_model.bin), else bf16 for Meta's consolidated files (their release dtype)."""
+    from scratchllm.checkpoints.io import stored_float_dtype
+    from scratchllm.files import read_json
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return stored_float_dtype(files[0])
+    if (folder / "config.json").exists():
+        name = read_json(folder / "config.json").get("torch_dtype") or ""
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name))
+    return torch.bfloat16 if list(folder.glob("consolidated.*.pth")) else None
+
+
 def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | None = None) -> Loaded:
     """Model + tokenizer from a run folder, a HF folder, or a preset/config (random weights)."""
     from scratchllm.checkpoints.download import HUB_NAMES, cached_folder, download_model, resolve_repo
     from scratchllm.checkpoints.meta import is_meta_folder, load_meta_folder
+    from scratchllm.models.config import PRESETS
 
     device = check_device(device or default_device())
-    torch_dtype = resolve_dtype(dtype, device)
+    spec = str(spec)
+    if spec.startswith(RANDOM):  # `random:NAME`: the preset's architecture, whatever the hub has of that name
+        return _random_model(spec.removeprefix(RANDOM), device, resolve_dtype(dtype, device))
     path = Path(spec)
-    if not path.exists() and (repo := resolve_repo(str(spec))) is not None:
+    if not path.exists() and (repo := resolve_repo(spec)) is not None:
         try:
-            path = cached_folder(repo) or download_model(str(spec))  # a hub name: cached after the first time
+            path = cached_folder(repo) or download_model(spec)  # a hub name: cached after the first time
         except ScratchLLMError as e:
-            if str(spec) in HUB_NAMES:
+            if spec in HUB_NAMES and spec in PRESETS:  # the two namespaces meet: say how to reach the other
+                raise ScratchLLMError(f"{e} (offline, --checkpoint {RANDOM}{spec} builds the {spec} architecture "
+                                      "with random weights)") from None  # fmt: skip
+            if spec in HUB_NAMES:
                 raise
             # `owner/name` is also what a mistyped local path looks like: say both readings.
             message = f"--checkpoint {spec}: no such local folder, and as hub repository {repo!r}: {e}"
             raise ScratchLLMError(message) from None
+    torch_dtype = resolve_dtype(dtype, device, _stored_dtype(path) if path.is_dir() else None)
     if path.is_dir():
         if (path / "classifier.json").exists():
             raise ScratchLLMError(f"{path}: a classifier run folder (finetune classify); use `scratchllm classify`")
@@ -158,15 +182,23 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             raise ScratchLLMError(f"{path}: not a model folder (no {CONFIG_FILE}, config.json or params.json)")
         check_tokenizer_fits(loaded.model, loaded.tokenizer, str(path))
         return loaded
+    if spec in PRESETS or path.is_file():
+        return _random_model(spec, device, torch_dtype)
+    raise ScratchLLMError(f"--checkpoint {spec}: no such folder, and not a model preset or config file")
+
+
+RANDOM = "random:"  # `--checkpoint random:gpt2-medium`: the preset, never the hub model of the same name
+
+
+def _random_model(name: str, device: str, dtype: torch.dtype) -> Loaded:
+    from scratchllm.models import Transformer
     from scratchllm.models.config import PRESETS, get_config
 
-    if str(spec) in PRESETS or path.is_file():
-        from scratchllm.models import Transformer
-
-        torch.manual_seed(0)
-        model = Transformer(get_config(spec)).to(device=device, dtype=torch_dtype).eval()
-        return Loaded(model, None, "random")
-    raise ScratchLLMError(f"--checkpoint {spec}: no such folder, and not a model preset or config file")
+    if name not in PRESETS and not Path(name).is_file():
+        raise ScratchLLMError(f"--checkpoint {RANDOM}{name}: not a model preset (scratchllm info lists them) or config "
+                              "file")  # fmt: skip
+    torch.manual_seed(0)
+    return Loaded(Transformer(get_config(name)).to(device=device, dtype=dtype).eval(), None, "random")
 
 
 def load_for_finetuning(spec: str, tokenizer_spec: str | None, seed: int, device: str):
@@ -182,7 +214,7 @@ def load_for_finetuning(spec: str, tokenizer_spec: str | None, seed: int, device
 
         tokenizer = tokenizer or load_tokenizer("gpt2")
         torch.manual_seed(seed)
-        model = Transformer(get_config(spec, vocab_size=tokenizer.vocab_size)).to(device)
+        model = Transformer(get_config(str(spec).removeprefix(RANDOM), vocab_size=tokenizer.vocab_size)).to(device)
     if tokenizer is None:
         raise ScratchLLMError(f"--checkpoint {spec}: no tokenizer with it; pass --tokenizer")
     check_tokenizer_fits(model, tokenizer, tokenizer_spec or spec)

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(base_cfg, stop_strings=tuple(base_cfg.stop_strings) + template.stop_strings)
     conv = Conversation(template, args.system)
     interactive = sys.stdin.isatty()
-    print(f"chatting with {args.checkpoint} ({template.name} template); /reset clears, /quit leaves", file=sys.stderr)
+    dtype = str(engine.model.dtype).replace("torch.", "")
+    print(f"chatting with {args.checkpoint} ({template.name} template, {dtype}); /reset clears, /quit leaves",
+          file=sys.stderr)  # fmt: skip
     while True:
         try:
             line = input("> " if interactive else "")

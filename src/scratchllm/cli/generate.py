@@ -18,7 +18,7 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16"],
-        help="auto = bf16 where the hardware has native bf16, else fp32",
+        help="auto = the dtype the weights are stored in (16-bit ones in bf16 where the hardware has it natively)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(name, template, args.api_key, args.max_request_bytes, args.max_tokens)
     app = create_app(engine, settings)
     print(f"serving {name} on http://{args.host}:{args.port} (chat page at /, API at /v1; "
-          f"template: {template.name if template else 'none'}; batch up to {args.max_batch})",
+          f"template: {template.name if template else 'none'}; batch up to {args.max_batch}; "
+          f"{str(engine.model.dtype).replace('torch.', '')} on {engine.device})",
           file=sys.stderr)  # fmt: skip
     serve(app, args.host, args.port, args.graceful_seconds)
     return 0
