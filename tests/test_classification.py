@@ -278,3 +278,27 @@ def test_book_recipe_runs_offline_on_a_local_gpt2_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "data 1,045 / 149 / 300 texts" in out and "pooling last, 130 steps" in out
     assert "(last-block)" in out and (tmp_path / "run" / "accuracy.png").exists()
+
+
+def test_classify_reads_the_position_training_read(tmp_path, capsys):
+    """With the book's `last` pooling the classifier reads the final, padding position of texts padded to the
+    training length: `scratchllm classify` must pad the same way, so its labels for the test split reproduce
+    the confusion matrix of the run's own test report."""
+    from scratchllm.training.classify import load_splits
+    from scratchllm.training.config import ClassifyConfig
+
+    args = _finetune_args(tmp_path, "--epochs", "1")
+    args[args.index("last-non-pad")] = "last"
+    assert main(args) == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    report = [r for r in records if r["kind"] == "eval"][-1]["test"]
+    _, _, test = load_splits(ClassifyConfig(data=str(shared_file(SPAM)), text_column="1", label_column="0"))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in test.texts))
+    capsys.readouterr()
+    assert main(["classify", "--checkpoint", str(run), "--file", str(tmp_path / "test.jsonl"), "--json"]) == 0
+    predicted = [test.names.index(json.loads(line)["label"]) for line in capsys.readouterr().out.splitlines()]
+    confusion = [[0, 0], [0, 0]]
+    for truth, guess in zip(test.labels, predicted):
+        confusion[truth][guess] += 1
+    assert confusion == report["confusion"]

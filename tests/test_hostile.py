@@ -374,7 +374,7 @@ def test_finetune_inputs_that_used_to_break_a_run(tmp_path, capsys):
           "--mask-prompt: every training prompt", "no response token is left")  # fmt: skip
     fails(capsys, ["finetune", "instruct", "--checkpoint", "gpt-tiny", "--data", str(records), "--lora",
                    "--lora-rank", "100000", "--out-dir", str(tmp_path / "b"), "--no-progress"],
-          "lora rank 100000 exceeds what layer")  # fmt: skip
+          "lora rank 100000 exceeds both sides of layer")  # fmt: skip
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -182,7 +182,7 @@ def test_overload_and_server_errors_are_retried_and_contents_of_every_shape_read
             Judge(server.url, "j").ask("hi")
     finally:
         server.close()
-    with pytest.raises(ScratchLLMError, match="expected an http"):
+    with pytest.raises(ScratchLLMError, match="expected the http"):
         Judge("file:///etc/passwd", "j")
 
 

@@ -120,11 +120,12 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> int:
 
     for name, layer in model.named_modules():  # checked before anything changes
         if isinstance(layer, nn.Linear) and wanted(name):
-            smallest = min(layer.in_features, *(splits.get(name) or (layer.out_features,)))
-            if cfg.rank > smallest:
-                raise ScratchLLMError(f"lora rank {cfg.rank} exceeds what layer {name} can hold: its update is at "
-                                      f"most rank {smallest} (in {layer.in_features}, out {layer.out_features}); "
-                                      f"use a rank <= {smallest}")  # fmt: skip
+            # A rank above both sides of a weight adds nothing but memory (the book's rank 16 on a 2-class
+            # head is above one side and fine); a typo like 100000 would exhaust memory.
+            largest = max(layer.in_features, *(splits.get(name) or (layer.out_features,)))
+            if cfg.rank > largest:
+                raise ScratchLLMError(f"lora rank {cfg.rank} exceeds both sides of layer {name} (in "
+                                      f"{layer.in_features}, out {layer.out_features}); use a rank <= {largest}")
     if getattr(model, "is_tied", False) and wanted("out_head"):
         # An adapted head is no longer the embedding: give it its own copy (as the book's GPTModel has), so
         # merging the update never changes the embedding.

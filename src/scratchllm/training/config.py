@@ -216,7 +216,7 @@ class InstructConfig(TrainSettings, LoRASettings):
     out_dir: str = "runs/instruct"
 
     what: ClassVar[str] = "instruction fine-tuning config"
-    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "max_length", "lora",
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "lora",
                                                   *LoRASettings.fields)  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -258,7 +258,7 @@ class DPOConfig(TrainSettings, LoRASettings):
     out_dir: str = "runs/dpo"
 
     what: ClassVar[str] = "DPO config"
-    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "max_length", "lora",
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "lora",
                                                   *LoRASettings.fields)  # fmt: skip
 
     def __post_init__(self) -> None:
