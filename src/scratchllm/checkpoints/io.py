@@ -65,15 +65,22 @@ def load_tensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str
 SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
+def _safetensors_header(path: str | Path) -> dict:
+    """The JSON header of a safetensors file (name -> dtype, shape, offsets), without reading any tensor."""
+    import json as _json
+    import struct
+
+    with open(path, "rb") as f:
+        return _json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+
+
 def stored_float_dtype(path: str | Path) -> torch.dtype | None:
     """The dtype most of a safetensors file's floating-point weights are stored in, from its header only."""
-    import json as _json
     import struct
     from collections import Counter
 
     try:
-        with open(path, "rb") as f:
-            header = _json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        header = _safetensors_header(path)
     except (OSError, ValueError, struct.error):
         return None
     counts = Counter(info["dtype"] for name, info in header.items()
@@ -83,11 +90,7 @@ def stored_float_dtype(path: str | Path) -> torch.dtype | None:
 
 def tensor_bytes(path: str | Path, dtype: torch.dtype | None = None) -> int:
     """Bytes the tensors of a safetensors file take once loaded (in `dtype`), read from its header only."""
-    import json as _json
-    import struct
-
-    with open(path, "rb") as f:
-        header = _json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    header = _safetensors_header(path)
     sizes = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "BF16": 2, "F16": 2, "U8": 1, "I8": 1, "BOOL": 1}
     total = 0
     for name, info in header.items():

@@ -380,7 +380,7 @@ class Engine:
         """Choose each row's next token, hand it to its request, and mark the rows that are done.
 
         Sampling and log-probabilities are computed for all rows at once on the device; the host reads the
-        results once (one synchronisation per step, whatever the batch)."""
+        chosen ids once per step, whatever the batch (and the log-probabilities once, when rows ask for them)."""
         cfgs = [r.cfg for r in requests]
         if all(c.greedy and c.repetition_penalty == 1.0 for c in cfgs):
             chosen_t = logits.float().argmax(dim=-1)
@@ -391,17 +391,8 @@ class Engine:
                     uniforms[i] = torch.rand((), generator=r._generator, device=self.device)
             seen = [self._seen(r) if r.cfg.repetition_penalty != 1.0 else None for r in requests]
             chosen_t = sample_rows(logits, cfgs, uniforms, seen)
-        want = [i for i, c in enumerate(cfgs) if c.logprobs is not None]
-        top_k = max((cfgs[i].logprobs for i in want), default=0)
-        if want:
-            logp = torch.log_softmax(logits[want].float(), dim=-1)
-            chosen_logp = logp.gather(1, chosen_t[want].unsqueeze(1)).squeeze(1)
-            top = torch.topk(logp, top_k) if top_k else None
-        chosen = chosen_t.tolist()  # the one host read of the step
-        if want:
-            chosen_logp = dict(zip(want, chosen_logp.tolist()))
-            if top is not None:
-                top_ids, top_vals = dict(zip(want, top.indices.tolist())), dict(zip(want, top.values.tolist()))
+        logprobs = _logprobs(logits, chosen_t, cfgs)
+        chosen = chosen_t.tolist()
         now = time.perf_counter()
         for i, (r, token) in enumerate(zip(requests, chosen)):
             if r.done:
@@ -411,11 +402,8 @@ class Engine:
             if r._history is not None:
                 r._history = torch.cat([r._history, chosen_t[i : i + 1].view(1, 1)], dim=1)
             out = TokenOut(token, "")
-            if r.cfg.logprobs is not None:
-                out.logprob = chosen_logp[i]
-                if r.cfg.logprobs:
-                    k = r.cfg.logprobs
-                    out.top_logprobs = list(zip(top_ids[i][:k], top_vals[i][:k]))
+            if i in logprobs:
+                out.logprob, out.top_logprobs = logprobs[i]
             if token in r.cfg.stop_ids:
                 reason = "stop_id"
             else:
@@ -468,3 +456,23 @@ class Engine:
                     self.active[row] = last
             else:
                 row += 1
+
+
+def _logprobs(logits: torch.Tensor, chosen: torch.Tensor, cfgs: list[GenerationConfig]) -> dict:
+    """Row -> (log-probability of its chosen token, its `logprobs` most likely alternatives or None), for the
+    rows that ask, from one log-softmax over those rows."""
+    want = [i for i, c in enumerate(cfgs) if c.logprobs is not None]
+    if not want:
+        return {}
+    logp = torch.log_softmax(logits[want].float(), dim=-1)
+    picked = logp.gather(1, chosen[want].unsqueeze(1)).squeeze(1).tolist()
+    k = max(cfgs[i].logprobs for i in want)
+    top_ids, top_vals = [[]] * len(want), [[]] * len(want)
+    if k:
+        top = torch.topk(logp, k)
+        top_ids, top_vals = top.indices.tolist(), top.values.tolist()
+    out = {}
+    for j, i in enumerate(want):
+        n = cfgs[i].logprobs
+        out[i] = (picked[j], list(zip(top_ids[j][:n], top_vals[j][:n])) if n else None)
+    return out
