@@ -23,6 +23,7 @@ from scratchllm.generation.sampling import (
     sample_rows,
 )
 from scratchllm.models import build_model
+from tests.hf_families import FAMILIES, pair
 
 
 @pytest.fixture(scope="module", params=["gpt-tiny", "llama-tiny"])
@@ -182,23 +183,9 @@ def test_stream_text_equals_generate(gpt2_tokenizer):
 
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_greedy_matches_transformers_generate(arch, device):
-    from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
-    from scratchllm.models import Transformer
-
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        hf_cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=300)
-        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    else:
-        hf_cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                          num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=128,
-                                          vocab_size=300)  # fmt: skip
-        hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    config = config_from_hf(hf.config.to_dict())
-    ours = Transformer(config).eval()
-    ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
+    hf, ours = pair(arch)
     ours, hf = ours.to(device), hf.to(device)
     prompts = [[5, 17, 42, 7, 99], [11, 3]]
     ours_out = generate(ours, prompts, GenerationConfig(max_new_tokens=25)).tokens
@@ -267,26 +254,11 @@ def _sharp_pair(arch: str):
     The default init (std 0.02) gives near-uniform attention on which positions barely matter; std 0.25
     makes attention peaked, so an off-by-one position or a leaked padding slot changes the logits.
     """
-    from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
-    from scratchllm.models import Transformer
-
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        hf_cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=96, vocab_size=300,
-                                         initializer_range=0.25)  # fmt: skip
-        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    else:
-        hf_cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                          num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=96,
-                                          vocab_size=300, initializer_range=0.25)  # fmt: skip
-        hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    config = config_from_hf(hf.config.to_dict())
-    ours = Transformer(config).eval()
-    ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
-    return hf, ours
+    kw = {"n_positions": 96} if arch == "gpt2" else {"max_position_embeddings": 96}
+    return pair(arch, initializer_range=0.25, **kw)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_batched_cached_decoding_logits_match_transformers(arch, device):
     """Every decode step of rows of different lengths decoding together (each prefilled alone, in chunks)
     gives, for each row, transformers' logits for that row's sequence alone, without a cache."""

@@ -6,9 +6,10 @@ import pytest
 import torch
 import transformers
 
-from scratchllm.checkpoints.hf import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf, state_dict_to_hf
 from scratchllm.models import Transformer
 from scratchllm.training.loss import cross_entropy, lm_loss
+from tests.hf_families import hf_model as hf_model_of
 
 GPT2_CASES = {
     "tied": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=300, tie_word_embeddings=True),
@@ -26,6 +27,12 @@ LLAMA_CASES = {
                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                "original_max_position_embeddings": 64}),
 }  # fmt: skip
+QWEN3_CASES = {  # (family, HF config fields beyond tests/hf_families.py's tiny defaults)
+    "qwen3-tied": ("qwen3", {}),
+    "qwen3-untied-mqa": ("qwen3", dict(num_key_value_heads=1, tie_word_embeddings=False, head_dim=24)),
+    "qwen3-moe-topk-normalised": ("qwen3_moe", {}),
+    "qwen3-moe-raw-topk-3-of-6": ("qwen3_moe", dict(num_experts=6, num_experts_per_tok=3, norm_topk_prob=False)),
+}
 
 
 def _perturb(model: torch.nn.Module) -> None:
@@ -67,10 +74,10 @@ def _assert_training_grads_match(hf_model, ours, idx):
     loss = lm_loss(ours, inputs, targets)
     loss.backward()
     assert abs(loss.item() - hf_loss.item()) <= 1e-5
-    grads = state_dict_to_hf({n: p.grad for n, p in ours.named_parameters()}, ours.config)
-    hf_grads = dict(hf_model.named_parameters())
-    for name, grad in grads.items():
-        expected = hf_grads[name].grad
+    # HF's gradients in our names (the family's own mapping reads transformers' in-memory layout too)
+    hf_grads = state_dict_from_hf({n: p.grad for n, p in hf_model.named_parameters()}, ours.config)
+    for name, p in ours.named_parameters():
+        grad, expected = p.grad, hf_grads[name]
         assert (grad - expected).abs().max().item() <= 1e-5 + 1e-4 * expected.abs().max().item(), name
 
 
@@ -96,19 +103,30 @@ def test_llama_parity(case, device):
     _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.max_position_embeddings)
 
 
-@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
-def test_export_to_hf_roundtrip(preset):
-    """Our random model -> HF names -> transformers model gives our logits; and back again."""
+@pytest.mark.parametrize("case", list(QWEN3_CASES))
+def test_qwen3_parity(case, device):
+    """Qwen3 (QK-norm, its own head_dim) and Qwen3-MoE (routed experts), logits and training gradients."""
+    family, fields = QWEN3_CASES[case]
+    hf_model = hf_model_of(family, **fields)
+    _perturb(hf_model)
+    ours = _ours_from(hf_model, case, device)
+    _assert_logits_match(hf_model, ours, hf_model.config.vocab_size, hf_model.config.max_position_embeddings)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "qwen3-moe-tiny"])
+def test_export_to_hf_roundtrip(preset, tmp_path):
+    """Our random model -> an HF folder (`convert --to hf`'s writer) -> transformers loads it with our logits and
+    counts our parameters; and the names map back to the same tensors."""
+    from scratchllm.checkpoints.convert import to_hf
     from scratchllm.models import build_model
+    from scratchllm.models.stats import model_stats
 
     torch.manual_seed(1)
     ours = build_model(preset).eval()
     _perturb(ours)
-    hf_cfg = transformers.AutoConfig.for_model(**config_to_hf(ours.config))
-    hf_model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
-    result = hf_model.load_state_dict(state_dict_to_hf(ours.state_dict(), ours.config), strict=False)
-    assert result.unexpected_keys == []
-    assert set(result.missing_keys) <= {"lm_head.weight"}  # only the head that HF ties itself
+    to_hf(ours, None, tmp_path)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf_model.num_parameters() == ours.num_parameters() == model_stats(ours.config).params
     _assert_logits_match(hf_model, ours, ours.config.vocab_size, ours.config.context_length)
     back = state_dict_from_hf(state_dict_to_hf(ours.state_dict(), ours.config), ours.config)
     for k, v in ours.state_dict().items():

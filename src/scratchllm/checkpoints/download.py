@@ -1,8 +1,9 @@
 """Hub names for `--checkpoint` and `scratchllm download`: fetched once into the cache, then offline.
 
 Short names map to the official repositories (`gpt2` -> openai-community/gpt2, `llama3.2-1b` ->
-meta-llama/Llama-3.2-1B, ...); any other `owner/name` is taken as a hub repository id. Llama repositories
-are gated: accept the licence on the hub and set HF_TOKEN.
+meta-llama/Llama-3.2-1B, `qwen3-0.6b` -> Qwen/Qwen3-0.6B, ...), each family file listing its own; any other
+`owner/name` is taken as a hub repository id. Llama and Gemma repositories are gated: accept the licence on the
+hub and set HF_TOKEN.
 """
 
 from __future__ import annotations
@@ -12,14 +13,8 @@ from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.hub import download_file, hub_file_url, repo_dir
+from scratchllm.models.families import HUB_NAMES
 
-HUB_NAMES = {
-    "gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl",
-    "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama3-8b": "meta-llama/Meta-Llama-3-8B",
-    "llama3.1-8b": "meta-llama/Llama-3.1-8B", "llama3.2-1b": "meta-llama/Llama-3.2-1B",
-    "llama3.2-3b": "meta-llama/Llama-3.2-3B", "llama3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
-}  # fmt: skip
 # Tried in order; the first weights file found decides the layout.
 _TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model"]
 

@@ -1,13 +1,10 @@
 """LoRA adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`, for the HF base model.
 
 `peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), FOLDER)` then computes what our
-LoRA model computes (tests hold the logits equal). Mapping our layers to HF's modules:
-- GPT-2: `attn.qkv` -> the fused `attn.c_attn`. Our three per-slice adapters (q, k, v) become one adapter of
-  rank 3r whose B is block-diagonal; its alpha is 3 x alpha so PEFT's scaling alpha / rank stays alpha / r
-  (`rank_pattern` / `alpha_pattern`). `attn.proj` -> `attn.c_proj`, `ff.fc1` -> `mlp.c_fc`, `ff.fc2` ->
-  `mlp.c_proj` (Conv1D layers: `fan_in_fan_out`), `out_head` -> `lm_head`.
-- Llama: `attn.qkv` -> `self_attn.q_proj` / `k_proj` / `v_proj`, one adapter each; `attn.proj` -> `o_proj`,
-  `ff.gate/up/down` -> `mlp.gate_proj/up_proj/down_proj`, `out_head` -> `lm_head`.
+LoRA model computes (tests hold the logits equal). The family maps each of our LoRA layers to HF modules
+(`Family.peft_modules`): GPT-2's fused `c_attn` takes our three qkv slices as one rank-3r adapter with a
+block-diagonal B (its alpha 3 x alpha, so PEFT's alpha / rank stays ours, via `rank_pattern` /
+`alpha_pattern`); the Llama layout's separate q/k/v_proj take one adapter each.
 Target modules are listed by full name, so adapting `ff.fc2` never adapts `attn.c_proj` by accident.
 """
 
@@ -16,40 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from scratchllm.checkpoints.io import save_tensors
 from scratchllm.errors import ScratchLLMError
 from scratchllm.files import atomic_write
-
-GPT2_NAMES = {"attn.proj": "attn.c_proj", "ff.fc1": "mlp.c_fc", "ff.fc2": "mlp.c_proj"}
-LLAMA_NAMES = {"attn.proj": "self_attn.o_proj", "ff.gate": "mlp.gate_proj", "ff.up": "mlp.up_proj",
-               "ff.down": "mlp.down_proj"}  # fmt: skip
-
-
-def _hf_adapters(name: str, layer, arch: str) -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
-    """(HF module, A, B, rank) for one of our LoRA layers."""
-    a, b, r = layer.lora_A.detach(), layer.lora_B.detach(), layer.rank
-    if name == "out_head":
-        return [("lm_head", a, b, r)]
-    if not name.startswith("blocks."):
-        raise ScratchLLMError(f"PEFT export: no HuggingFace module for LoRA layer {name!r}")
-    i, rest = name.split(".", 2)[1:]
-    if arch == "gpt2":
-        prefix = f"transformer.h.{i}."
-        if rest == "attn.qkv":
-            block_b = torch.zeros(b.shape[0], len(layer.splits) * r, dtype=b.dtype)
-            row = 0
-            for s, size in enumerate(layer.splits):
-                block_b[row : row + size, s * r : (s + 1) * r] = b[row : row + size]
-                row += size
-            return [(prefix + "attn.c_attn", a, block_b, len(layer.splits) * r)]
-        return [(prefix + GPT2_NAMES[rest], a, b, r)]
-    prefix = f"model.layers.{i}."
-    if rest == "attn.qkv":
-        rows = b.split(layer.splits)
-        return [(f"{prefix}self_attn.{n}_proj", a[s * r : (s + 1) * r], rows[s], r) for s, n in enumerate("qkv")]
-    return [(prefix + LLAMA_NAMES[rest], a, b, r)]
 
 
 def export_peft(model, out_dir: str | Path, base_name: str = "") -> Path:
@@ -59,14 +25,15 @@ def export_peft(model, out_dir: str | Path, base_name: str = "") -> Path:
     layers = lora_layers(model)
     if not layers:
         raise ScratchLLMError("PEFT export: the model has no LoRA adapters")
-    arch = model.config.arch
+    family = model.config.family
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors, ranks, alphas, targets = {}, {}, {}, []
     first = next(iter(layers.values()))
     rank, alpha = first.rank, first.scaling * first.rank
     for name, layer in layers.items():
-        for module, a, b, r in _hf_adapters(name, layer, arch):
+        pieces = family.peft_modules(name, layer.lora_A.detach(), layer.lora_B.detach(), layer.rank, layer.splits)
+        for module, a, b, r in pieces:
             tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
             tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
             targets.append(module)
@@ -76,7 +43,7 @@ def export_peft(model, out_dir: str | Path, base_name: str = "") -> Path:
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name, "r": rank,
         "lora_alpha": alpha, "lora_dropout": float(getattr(first.lora_dropout, "p", 0.0)), "target_modules": targets,
-        "rank_pattern": ranks, "alpha_pattern": alphas, "fan_in_fan_out": arch == "gpt2", "bias": "none",
+        "rank_pattern": ranks, "alpha_pattern": alphas, "fan_in_fan_out": family.peft_fan_in_fan_out, "bias": "none",
         "inference_mode": True,
     }  # fmt: skip
     text = json.dumps(config, indent=2)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.models.config import ModelConfig
+from scratchllm.models.llama import RMSNorm
 from scratchllm.models.rope import apply_rope
 
 # Scores (batch x heads x T x T) per layer up to which CPU bf16 training uses explicit attention: 8M
@@ -106,6 +107,11 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
         self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
         self.drop_rate = config.drop_rate
+        # QK-norm (Qwen3): each head's query and key RMS-normalised before RoPE, bounding the attention logits.
+        self.q_norm = self.k_norm = None
+        if config.qk_norm == "head":
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
 
     def forward(
         self,
@@ -124,8 +130,11 @@ class CausalSelfAttention(nn.Module):
         batch, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(batch, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q.view(batch, T, self.n_heads, self.head_dim)
+        k = k.view(batch, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)

@@ -1,16 +1,19 @@
-"""Model configuration: one dataclass for both architectures, named presets, YAML/JSON files.
+"""Model configuration: one dataclass for every family, named presets, YAML/JSON files.
 
 Field names follow the book (`vocab_size`, `context_length`, `emb_dim`, `n_heads`, `n_layers`,
-`drop_rate`, `qkv_bias`) so a reader can map them one to one; the Llama fields (`n_kv_heads`,
-`hidden_dim`, `rope_base`, `rope_scaling`) are added beside them. The pieces that differ between the
-architectures are component fields, each filled in from `arch` unless given:
+`drop_rate`, `qkv_bias`) so a reader can map them one to one; the fields later families need (`n_kv_heads`,
+`head_dim`, `hidden_dim`, `rope_base`, `rope_scaling`, the expert counts) are added beside them. The pieces
+that differ between families are component fields, each filled in from the family (`arch`) unless given:
 
-| arch  | norm      | mlp                   | positions          | bias            |
-| gpt2  | layernorm | gelu (tanh), d->4d->d | learned (absolute) | yes (qkv: flag) |
-| llama | rmsnorm   | swiglu, d->hidden->d  | rope               | none            |
+| arch      | norm      | mlp                   | positions          | bias            | qk_norm |
+| gpt2      | layernorm | gelu (tanh), d->4d->d | learned (absolute) | yes (qkv: flag) | none    |
+| llama     | rmsnorm   | swiglu, d->hidden->d  | rope               | none            | none    |
+| qwen3     | rmsnorm   | swiglu                | rope               | none            | head    |
+| qwen3_moe | rmsnorm   | moe (swiglu experts)  | rope               | none            | head    |
 
-The model code reads only the components, never `arch`; `arch` names the family for HuggingFace/Meta
-weights. Presets are plain data (`presets.py`); `get_config` accepts a preset name or a file.
+The model code reads only the components, never `arch`; `arch` names the family (`models/families/`), which
+holds everything else that differs. Presets are plain data in the family files; `get_config` accepts a
+preset name or a file.
 """
 
 from __future__ import annotations
@@ -23,15 +26,12 @@ from typing import Any
 
 from scratchllm.errors import ScratchLLMError, check_fields
 from scratchllm.files import atomic_write
-from scratchllm.models.presets import PRESETS
+from scratchllm.models.families import FAMILIES, PRESETS, get_family
 
-ARCHS = ("gpt2", "llama")
-# Each architecture's own components (what a field left as None becomes).
-COMPONENTS = {
-    "gpt2": {"norm": "layernorm", "mlp": "gelu", "positions": "learned", "bias": True},
-    "llama": {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False},
-}
-CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rope")}
+CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu", "moe"), "positions": ("learned", "rope"),
+           "qk_norm": ("none", "head")}  # fmt: skip
+# Defaults of the component fields for a family that does not name them.
+BASE_COMPONENTS = {"qk_norm": "none"}
 
 
 @dataclass
@@ -52,21 +52,30 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
-    # components (None = the architecture's own, see COMPONENTS)
+    # mixture of experts (mlp: moe): each token's feed-forward is the weighted sum of n_experts_active of
+    # n_experts SwiGLU experts of width expert_hidden_dim, chosen by a router
+    n_experts: int = 0
+    n_experts_active: int = 0
+    expert_hidden_dim: int | None = None
+    norm_topk: bool = True  # renormalise the chosen experts' router weights to sum to 1 (Qwen3-MoE)
+    router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss added in training
+    # components (None = the family's own, see the family file)
     norm: str | None = None
     mlp: str | None = None
     positions: str | None = None
     bias: bool | None = None  # biases on the output projection, feed-forward and norms
+    qk_norm: str | None = None  # "head": RMSNorm over each query/key head before RoPE (Qwen3)
     # Which of the derived fields were filled in from the others, so `replace` re-derives them.
     _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self, f"model config {self.name!r}")
-        derivable = ("n_kv_heads", "head_dim", "hidden_dim", *COMPONENTS["gpt2"])
+        derivable = ("n_kv_heads", "head_dim", "hidden_dim", "expert_hidden_dim", *CHOICES, "bias")
         self._derived = frozenset(n for n in derivable if getattr(self, n) is None)
-        if self.arch not in ARCHS:
-            raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of {ARCHS}")
-        for name, value in COMPONENTS[self.arch].items():
+        if self.arch not in FAMILIES:
+            raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of "
+                                  f"{tuple(FAMILIES)}")  # fmt: skip
+        for name, value in {**BASE_COMPONENTS, **get_family(self.arch).components}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name, allowed in CHOICES.items():
@@ -92,15 +101,22 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
                 raise ScratchLLMError(f"config {self.name!r}: field {name!r} must be >= 1")
+        if self.mlp == "moe":
+            if self.expert_hidden_dim is None:
+                self.expert_hidden_dim = self.hidden_dim
+            if not 1 <= self.n_experts_active <= self.n_experts:
+                raise ScratchLLMError(f"config {self.name!r}: mlp 'moe' needs 1 <= n_experts_active "
+                                      f"({self.n_experts_active}) <= n_experts ({self.n_experts})")  # fmt: skip
 
     # -- derived -------------------------------------------------------------------------------------------
     @property
     def uses_rope(self) -> bool:
         return self.positions == "rope"
 
-    def is_family_standard(self) -> bool:
-        """True when the components are the architecture's own (what HF's GPT2/Llama classes can hold)."""
-        return all(getattr(self, k) == v for k, v in COMPONENTS[self.arch].items())
+    @property
+    def family(self):
+        """The `models.families.Family` that knows this model's files, names and chat style."""
+        return get_family(self.arch)
 
     # -- files ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

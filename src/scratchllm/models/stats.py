@@ -2,6 +2,7 @@
 
 Computed analytically so `scratchllm info llama3-8b` answers instantly without allocating 32 GB; tests
 check the formulas against instantiated small models and the book's 163,009,536 for GPT-2 124M.
+A mixture of experts counts every expert's parameters but only the active experts' FLOPs.
 FLOPs follow the usual accounting (Kaplan et al. 2020; PaLM appendix B): a matrix product with an
 (m x n) weight costs 2mn per token forward, backward costs twice the forward, and attention adds
 2 * 2 * n_layers * seq_len * (n_heads * head_dim) for its score and weighted-sum products.
@@ -42,17 +43,23 @@ def model_stats(config: ModelConfig, seq_len: int | None = None) -> ModelStats:
     bias = config.bias
     attn = d * (q_dim + 2 * kv_dim) + q_dim * d
     attn_bias = (q_dim + 2 * kv_dim if config.qkv_bias else 0) + (d if bias else 0)
-    if config.mlp == "swiglu":
+    active_ff = None
+    if config.mlp == "moe":  # the router plus every expert; a token computes only n_experts_active of them
+        expert = 3 * d * config.expert_hidden_dim
+        ff, ff_bias = d * config.n_experts + config.n_experts * expert, 0
+        active_ff = d * config.n_experts + config.n_experts_active * expert
+    elif config.mlp == "swiglu":
         ff, ff_bias = 3 * d * hidden, 0
     else:
         ff, ff_bias = 2 * d * hidden, (hidden + d if bias else 0)
     norm = 2 * d if config.norm == "layernorm" and bias else d
-    block = attn + attn_bias + ff + ff_bias + 2 * norm
+    qk_norm = 2 * config.head_dim if config.qk_norm == "head" else 0
+    block = attn + attn_bias + ff + ff_bias + 2 * norm + qk_norm
     embedding = V * d + (0 if config.uses_rope else config.context_length * d)
     head = V * d
     params = embedding + L * block + norm + (0 if config.tie_embeddings else head)
     seq_len = seq_len or config.context_length
-    matmul_flops = 2 * (L * (attn + ff) + head)
+    matmul_flops = 2 * (L * (attn + (ff if active_ff is None else active_ff)) + head)
     attention_flops = 2 * 2 * L * seq_len * q_dim
     return ModelStats(
         params=params,

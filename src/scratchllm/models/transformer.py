@@ -21,6 +21,7 @@ from scratchllm.models.attention import CausalSelfAttention, KVCache
 from scratchllm.models.config import ModelConfig
 from scratchllm.models.gpt2 import FeedForward, LayerNorm
 from scratchllm.models.llama import RMSNorm, SwiGLUFeedForward
+from scratchllm.models.moe import MoEFeedForward
 from scratchllm.models.rope import rope_cache
 
 
@@ -28,6 +29,12 @@ def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.emb_dim, config.norm_eps)
     return LayerNorm(config.emb_dim, config.norm_eps, bias=config.bias)
+
+
+def make_feed_forward(config: ModelConfig) -> nn.Module:
+    if config.mlp == "moe":
+        return MoEFeedForward(config)
+    return SwiGLUFeedForward(config) if config.mlp == "swiglu" else FeedForward(config)
 
 
 class TransformerBlock(nn.Module):
@@ -38,7 +45,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
         self.norm2 = make_norm(config)
-        self.ff = SwiGLUFeedForward(config) if config.mlp == "swiglu" else FeedForward(config)
+        self.ff = make_feed_forward(config)
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x, rope=None, cache=None, slots=0, n_keys=0, mask=None):
@@ -66,7 +73,7 @@ class Transformer(nn.Module):
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two residual branches, so shrink their outputs.
         for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "ff.fc2.weight", "ff.down.weight")):
+            if name.endswith(("attn.proj.weight", "ff.fc2.weight", "ff.down.weight", "ff.down")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     # -- the output head: every other module reaches it through these, never by its parameter name -------
@@ -199,4 +206,3 @@ class Transformer(nn.Module):
         if count_tied_head and self.is_tied:
             n += self.head_weight.numel()
         return n
-

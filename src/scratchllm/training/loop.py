@@ -34,6 +34,7 @@ from scratchllm.checkpoints.io import CONFIG_FILE, save_model
 from scratchllm.errors import ScratchLLMError
 from scratchllm.files import atomic_write, claim_output_folder, refuse_overlap
 from scratchllm.hardware import peak_memory_mib, resolve_dtype, utilisation
+from scratchllm.models.moe import take_router_aux_loss
 from scratchllm.tokenizers.formats import OUR_FILE
 from scratchllm.training.config import TrainSettings
 from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
@@ -95,7 +96,11 @@ class LossModule(torch.nn.Module):
         self.loss = loss
 
     def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.model, *batch)
+        loss = self.loss(self.model, *batch)
+        # A mixture of experts adds its load-balancing loss, whatever the task (transformers does the same).
+        coef = getattr(getattr(self.model, "config", None), "router_aux_loss_coef", 0.0)
+        aux = take_router_aux_loss(self.model) if coef else None
+        return loss if aux is None else loss + coef * aux
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

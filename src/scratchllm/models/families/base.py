@@ -1,0 +1,224 @@
+"""What a model family is: the one object that holds everything that differs between families.
+
+Every other module asks the family (`config.family`) and never compares architecture names: loading and
+exporting HuggingFace folders (config keys, tensor names in both directions), PEFT target names, presets,
+hub names, the chat style of its instruct checkpoints. The model code itself reads only component fields of
+`ModelConfig` (norm, mlp, positions, qk_norm, ...), which a family fills in as its defaults, so one
+`Transformer` builds every family and a family file never holds a `torch.nn.Module`.
+
+This module and the family files import no torch at module level: reading a config or listing presets stays
+instant. Weight mapping works on dicts of tensors and imports torch only inside the functions that need it.
+
+Most families since Llama share HuggingFace's Llama layout (`model.layers.N.self_attn.q_proj`, ...):
+`LlamaLayout` implements it once, and a family adds its extra tensors (QK norms, sandwich norms, experts)
+through `layer_pairs` / `extra_from_hf` / `extra_to_hf`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from scratchllm.errors import ScratchLLMError
+
+Tensors = dict  # name -> torch.Tensor (torch is not imported here)
+
+
+def take(sd: Tensors, key: str, used: set[str]):
+    if key not in sd:
+        raise ScratchLLMError(f"checkpoint is missing tensor {key!r}")
+    used.add(key)
+    return sd[key]
+
+
+class Family:
+    """Base of every family: the declarations a family file fills in, and default HF behaviour."""
+
+    name: ClassVar[str]
+    hf_model_types: ClassVar[tuple[str, ...]]  # config.json `model_type` values this family reads
+    hf_architecture: ClassVar[str]  # config.json `architectures[0]` it writes
+    components: ClassVar[dict[str, Any]]  # ModelConfig component fields this family fills in when None
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    hub_names: ClassVar[dict[str, str]] = {}
+    chat_style: ClassVar[str | None] = None  # prompt style of the family's instruct checkpoints
+    tokenizer_kind: ClassVar[str] = "byte-level BPE"  # what its tokenizer files hold (said by `info`)
+    peft_fan_in_fan_out: ClassVar[bool] = False  # HF stores its Linear weights transposed (GPT-2's Conv1D)
+    ignorable: ClassVar[tuple[str, ...]] = ()  # tensor-name endings in HF files that hold no weights
+
+    # -- configs ---------------------------------------------------------------------------------------------
+    def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
+        """config.json -> `ModelConfig` fields (the caller builds the config, so this module needs no import)."""
+        raise NotImplementedError
+
+    def config_to_hf(self, config) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_exportable(self, config) -> None:
+        """Refuse a config whose components differ from what the family's HF class can hold."""
+        changed = [f"{k}={getattr(config, k)!r}" for k, v in self.components.items() if getattr(config, k) != v]
+        if changed:
+            raise ScratchLLMError(f"model {config.name!r} mixes components ({', '.join(changed)}) that "
+                                  f"transformers' {self.hf_architecture} cannot hold")  # fmt: skip
+
+    # -- weights ---------------------------------------------------------------------------------------------
+    def tensors_from_hf(self, sd: Tensors, config) -> Tensors:
+        raise NotImplementedError
+
+    def tensors_to_hf(self, sd: Tensors, config) -> Tensors:
+        raise NotImplementedError
+
+    # -- PEFT ------------------------------------------------------------------------------------------------
+    def peft_modules(self, name: str, a, b, rank: int, splits: tuple[int, ...]) -> list[tuple[str, Any, Any, int]]:
+        """(HF module, A, B, rank) for our LoRA layer `name` (A: (slices*rank, in), B: (out, rank))."""
+        raise NotImplementedError
+
+
+class LlamaLayout(Family):
+    """HuggingFace's Llama tensor layout, shared by Llama, Qwen3, Gemma 3 and Olmo 3.
+
+    q, k and v are separate there (`q_proj`, `k_proj`, `v_proj`); we fuse them into one `attn.qkv`.
+    """
+
+    hf_architecture = "LlamaForCausalLM"
+    ignorable = ("rotary_emb.inv_freq",)
+    # ours (inside blocks.N.) -> theirs (inside model.layers.N.), one tensor each
+    pairs: ClassVar[dict[str, str]] = {
+        "norm1.weight": "input_layernorm.weight", "norm2.weight": "post_attention_layernorm.weight",
+        "attn.proj.weight": "self_attn.o_proj.weight", "ff.gate.weight": "mlp.gate_proj.weight",
+        "ff.up.weight": "mlp.up_proj.weight", "ff.down.weight": "mlp.down_proj.weight",
+    }  # fmt: skip
+    peft_names: ClassVar[dict[str, str]] = {"attn.proj": "self_attn.o_proj", "ff.gate": "mlp.gate_proj",
+                                            "ff.up": "mlp.up_proj", "ff.down": "mlp.down_proj"}  # fmt: skip
+
+    def layer_pairs(self, config, layer: int) -> dict[str, str]:
+        return self.pairs
+
+    def extra_from_hf(self, sd: Tensors, config, used: set[str], layer: int, out: Tensors) -> None:
+        """Tensors of layer `layer` that are not one-to-one (MoE experts): none in plain Llama."""
+
+    def extra_to_hf(self, sd: Tensors, config, layer: int, out: Tensors) -> None:
+        """The inverse of `extra_from_hf`."""
+
+    def tensors_from_hf(self, sd: Tensors, config) -> Tensors:
+        import torch
+
+        used: set[str] = set()
+        out: Tensors = {"tok_emb.weight": take(sd, "model.embed_tokens.weight", used)}
+        for i in range(config.n_layers):
+            h, b = f"model.layers.{i}.", f"blocks.{i}."
+            for ours, theirs in self.layer_pairs(config, i).items():
+                out[b + ours] = take(sd, h + theirs, used)
+            out[f"{b}attn.qkv.weight"] = torch.cat(
+                [take(sd, f"{h}self_attn.{n}_proj.weight", used) for n in "qkv"], dim=0
+            )
+            if config.qkv_bias:
+                out[f"{b}attn.qkv.bias"] = torch.cat([take(sd, f"{h}self_attn.{n}_proj.bias", used) for n in "qkv"])
+            self.extra_from_hf(sd, config, used, i, out)
+        out["final_norm.weight"] = take(sd, "model.norm.weight", used)
+        _head_from_hf(sd, config, used, out)
+        _check_unused(sd, used, self.ignorable)
+        return out
+
+    def tensors_to_hf(self, sd: Tensors, config) -> Tensors:
+        sizes = [config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim,
+                 config.n_kv_heads * config.head_dim]  # fmt: skip
+        out: Tensors = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
+        for i in range(config.n_layers):
+            h, b = f"model.layers.{i}.", f"blocks.{i}."
+            for ours, theirs in self.layer_pairs(config, i).items():
+                out[h + theirs] = sd[b + ours]
+            for part in ("weight", "bias") if config.qkv_bias else ("weight",):
+                for n, w in zip("qkv", sd[f"{b}attn.qkv.{part}"].split(sizes, dim=0)):
+                    out[f"{h}self_attn.{n}_proj.{part}"] = w.contiguous()
+            self.extra_to_hf(sd, config, i, out)
+        out["model.norm.weight"] = sd["final_norm.weight"]
+        if not config.tie_embeddings:
+            out["lm_head.weight"] = sd["out_head.weight"]
+        return out
+
+    def peft_modules(self, name, a, b, rank, splits):
+        if name == "out_head":
+            return [("lm_head", a, b, rank)]
+        i, rest = _block_part(name)
+        prefix = f"model.layers.{i}."
+        if rest == "attn.qkv":
+            rows = b.split(splits)
+            return [(f"{prefix}self_attn.{n}_proj", a[s * rank : (s + 1) * rank], rows[s], rank)
+                    for s, n in enumerate("qkv")]  # fmt: skip
+        if rest not in self.peft_names:
+            raise ScratchLLMError(f"PEFT export: no HuggingFace module for LoRA layer {name!r}")
+        return [(prefix + self.peft_names[rest], a, b, rank)]
+
+    # -- config.json fields every Llama-layout family shares --------------------------------------------------
+    @staticmethod
+    def common_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ScratchLLMError("config.json: variants with attention_bias/mlp_bias are not supported")
+        rope = dict(hf.get("rope_parameters") or {})
+        return {
+            "vocab_size": hf["vocab_size"], "context_length": hf["max_position_embeddings"],
+            "emb_dim": hf["hidden_size"], "n_heads": hf["num_attention_heads"],
+            "n_kv_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            "n_layers": hf["num_hidden_layers"], "head_dim": hf.get("head_dim"),
+            "hidden_dim": hf["intermediate_size"], "norm_eps": hf.get("rms_norm_eps", 1e-6),
+            "rope_base": float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            "rope_scaling": rope_scaling_from_hf(hf.get("rope_scaling") or rope),
+            "tie_embeddings": hf.get("tie_word_embeddings", False),
+        }  # fmt: skip
+
+    def common_to_hf(self, config) -> dict[str, Any]:
+        self.check_exportable(config)
+        if config.qkv_bias:
+            raise ScratchLLMError(f"model {config.name!r} has qkv biases, which {self.hf_architecture} cannot hold")
+        hf = {
+            "architectures": [self.hf_architecture], "model_type": self.hf_model_types[0],
+            "vocab_size": config.vocab_size, "max_position_embeddings": config.context_length,
+            "hidden_size": config.emb_dim, "intermediate_size": config.hidden_dim,
+            "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
+            "num_hidden_layers": config.n_layers, "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_base, "hidden_act": "silu", "tie_word_embeddings": config.tie_embeddings,
+            "attention_bias": False, "mlp_bias": False,
+        }  # fmt: skip
+        if config.rope_scaling:
+            s = config.rope_scaling
+            hf["rope_scaling"] = {
+                "rope_type": "llama3", "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
+                "high_freq_factor": s["high_freq_factor"],
+                "original_max_position_embeddings": s["original_context_length"],
+            }  # fmt: skip
+        return hf
+
+
+def rope_scaling_from_hf(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """HF's rope_scaling (or transformers 5's rope_parameters) -> ours; None for plain RoPE."""
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise ScratchLLMError(f"config.json: rope scaling {scaling} is not supported (only 'llama3')")
+    return {
+        "rope_type": "llama3", "factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
+        "high_freq_factor": scaling["high_freq_factor"],
+        "original_context_length": scaling["original_max_position_embeddings"],
+    }  # fmt: skip
+
+
+def _head_from_hf(sd: Tensors, config, used: set[str], out: Tensors) -> None:
+    if config.tie_embeddings:
+        used.add("lm_head.weight")  # a tied head may be saved or not; the embedding is what counts
+        out["out_head.weight"] = out["tok_emb.weight"]
+    else:
+        out["out_head.weight"] = take(sd, "lm_head.weight", used)
+
+
+def _check_unused(sd: Tensors, used: set[str], ignorable: tuple[str, ...] = ()) -> None:
+    extra = sorted(k for k in sd if k not in used and not k.endswith(ignorable))
+    if extra:
+        raise ScratchLLMError(f"checkpoint has unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all)")
+
+
+def _block_part(name: str) -> tuple[str, str]:
+    """'blocks.3.attn.qkv' -> ('3', 'attn.qkv')."""
+    if not name.startswith("blocks."):
+        raise ScratchLLMError(f"PEFT export: no HuggingFace module for LoRA layer {name!r}")
+    i, rest = name.split(".", 2)[1:]
+    return i, rest
