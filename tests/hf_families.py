@@ -49,3 +49,29 @@ def ours_from(hf: torch.nn.Module, name: str = "hf-model") -> Transformer:
 def pair(arch: str, seed: int = 0, **config) -> tuple[torch.nn.Module, Transformer]:
     hf = hf_model(arch, seed, **config)
     return hf, ours_from(hf)
+
+
+# Qwen2/Qwen3's published pre-tokenizer: GPT-4's rules but every digit on its own; text NFC-normalised first.
+QWEN_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def qwen_style_tokenizer(texts: list[str], vocab_size: int):
+    """A tokenizer laid out as Qwen's tokenizer.json (NFC, Split regex + ByteLevel, byte-level BPE, its chat
+    specials after the vocabulary), trained offline on `texts` with HF `tokenizers`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.normalizer = normalizers.NFC()
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # fmt: skip
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)  # fmt: skip
+    hf.train_from_iterator(texts, trainer)
+    hf.add_special_tokens(QWEN_SPECIALS)
+    return hf

@@ -66,3 +66,28 @@ def test_hf_chat_template_gives_our_exact_prompt(name, gpt2_tokenizer, tmp_path)
         ours = STYLES[name].render(messages)
         theirs = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert theirs == ours, (name, theirs, ours)
+
+
+def test_qwen3_thinking_switch(gpt2_tokenizer, tmp_path):
+    """Qwen3's rendering: past reasoning dropped from earlier replies; thinking off starts the reply after an
+    empty think block; transformers' apply_chat_template with our template and `enable_thinking` agrees."""
+    from scratchllm.checkpoints.convert import to_hf
+    from scratchllm.models import build_model
+
+    qwen3 = STYLES["qwen3"]
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
+             {"role": "user", "content": "And 3+3?"}]  # fmt: skip
+    assert qwen3.render(SYSTEM + turns) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert qwen3.render(turns[:1], thinking=False) == (
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    to_hf(build_model("gpt-tiny", vocab_size=50257), gpt2_tokenizer, tmp_path, prompt_style=qwen3)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for messages in (turns, SYSTEM + turns, turns[:2]):
+        for thinking in (True, False):
+            theirs = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                enable_thinking=thinking)  # fmt: skip
+            assert theirs == qwen3.render(messages, thinking)

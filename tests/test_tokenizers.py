@@ -211,3 +211,32 @@ def test_gpt2_vocabulary_and_the_verdict_ship_with_the_package(gpt2_tokenizer, v
     assert shipped.fingerprint() == gpt2_tokenizer.fingerprint() and shipped.name == "gpt2"
     (story,) = corpus_files("the-verdict")
     assert read_text(story) == verdict_text
+
+
+def test_qwen_style_tokenizer_json_gives_hf_ids(tmp_path, verdict_text):
+    """A Qwen-style tokenizer.json (NFC normaliser, Split regex + ByteLevel, specials after the vocabulary) built
+    offline with HF `tokenizers`: our loader encodes every hard text to the same ids, and writes it back so
+    `tokenizers` reads our export with the same ids again."""
+    from tokenizers import Tokenizer
+
+    from scratchllm.tokenizers.formats import to_hf_tokenizer_json
+    from tests.hf_families import qwen_style_tokenizer
+
+    hf = qwen_style_tokenizer([verdict_text, *VARIED] * 3, 1200)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    ours = load_tokenizer(tmp_path)
+    assert ours.normalization == "NFC" and ours.special_tokens["<|im_end|>"] == hf.token_to_id("<|im_end|>")
+    hard = [*VARIED, "<|im_start|>user\n12345 + 678 = ?<|im_end|>\n<think>\n\n</think>", "Cafe\u0301 vs Caf\u00e9"]
+    for text in hard:
+        expected = hf.encode(text).ids
+        assert ours.encode(text, allowed_special="all") == expected, text
+        assert ours.encode_reference(text, allowed_special="all") == expected, text
+    assert ours.encode("Cafe\u0301") == ours.encode("Caf\u00e9")  # normalised, as Qwen's
+    assert ours.encode("2024") == [ours.encode(d)[0] for d in "2024"]  # digits one by one
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "tokenizer.json").write_text(json.dumps(to_hf_tokenizer_json(ours)))
+    back = Tokenizer.from_file(str(tmp_path / "ours" / "tokenizer.json"))
+    for text in hard:
+        assert back.encode(text).ids == hf.encode(text).ids, text
+    ours.save(tmp_path / "saved.json")
+    assert BPETokenizer.load(tmp_path / "saved.json").encode("Cafe\u0301") == ours.encode("Caf\u00e9")

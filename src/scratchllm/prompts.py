@@ -7,6 +7,9 @@ One source of truth, below `data` (instruction fine-tuning formats its records w
 - `phi3`: the book's exercise 7.1 variant, `<|user|>` then `<|assistant|>:` markers;
 - `chatml`: `<|im_start|>role ... <|im_end|>` turns;
 - `llama3`: Meta's header tokens (`<|start_header_id|>role<|end_header_id|>` ... `<|eot_id|>`);
+- `qwen3`: ChatML as Qwen3 uses it, with its thinking switch: earlier assistant turns lose their
+  `<think>...</think>` reasoning, and with thinking off the reply starts after an empty think block (what
+  Qwen3's own template does with `enable_thinking=False`);
 - `plain`: "User: ... / Assistant:" for base models.
 A style renders a conversation up to where the reply starts (`render`), formats an instruction record
 (`format_instruction`, the book's `format_input` plus the response marker), and carries a Jinja
@@ -34,11 +37,16 @@ class PromptStyle:
     stop_strings: tuple[str, ...]  # text that ends a reply (besides the tokenizer's end-of-text ids)
     chat_template: str  # Jinja, for HuggingFace tokenizer_config.json
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """Messages ({"role": system|user|assistant, "content": ...}) -> the prompt, ending where the reply starts."""
+    def render(self, messages: list[dict[str, str]], thinking: bool = True) -> str:
+        """Messages ({"role": system|user|assistant, "content": ...}) -> the prompt, ending where the reply starts.
+
+        `thinking=False` asks a reasoning model (the qwen3 style) to answer directly; other styles ignore it.
+        """
         for i, m in enumerate(messages):
             if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise ScratchLLMError(f"message {i}: expected a role in {ROLES} and a string content, got {m!r}")
+        if self.name == "qwen3":
+            return _qwen3(messages, thinking)
         return _RENDER[self.name](messages)
 
     def format_instruction(self, instruction: str, input: str = "") -> str:
@@ -75,6 +83,17 @@ def _llama3(messages: list[dict[str, str]]) -> str:
     return "<|begin_of_text|>" + turns + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
+def _qwen3(messages: list[dict[str, str]], thinking: bool) -> str:
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    text = ""
+    for i, m in enumerate(messages):
+        content = m["content"]
+        if m["role"] == "assistant" and i < last_user and "</think>" in content:
+            content = content.split("</think>")[-1].lstrip("\n")  # past reasoning is not shown again
+        text += f"<|im_start|>{m['role']}\n{content}<|im_end|>\n"
+    return text + "<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n")
+
+
 def _plain(messages: list[dict[str, str]]) -> str:
     return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
 
@@ -108,6 +127,17 @@ _TEMPLATES = {
         "{%- if add_generation_prompt %}"
         "{{ '<|start_header_id|>assistant<|end_header_id|>" + _NL * 2 + "' }}{%- endif %}"
     ),
+    "qwen3": (
+        "{%- set ns = namespace(last_user=-1) %}{%- for m in messages %}{%- if m['role'] == 'user' %}"
+        "{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}"
+        "{%- for m in messages %}{%- set content = m['content'] %}"
+        "{%- if m['role'] == 'assistant' and loop.index0 < ns.last_user and '</think>' in content %}"
+        "{%- set content = content.split('</think>')[-1].lstrip('" + _NL + "') %}{%- endif %}"
+        "{{ '<|im_start|>' + m['role'] + '" + _NL + "' + content + '<|im_end|>" + _NL + "' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant" + _NL + "' }}"
+        "{%- if enable_thinking is defined and enable_thinking is false %}"
+        "{{ '<think>" + _NL * 2 + "</think>" + _NL * 2 + "' }}{%- endif %}{%- endif %}"
+    ),
     "plain": (
         "{%- for m in messages %}{{ m['role'] | capitalize }}{{ ': ' + m['content'] + '" + _NL + "' }}{%- endfor %}"
         "{%- if add_generation_prompt %}{{ 'Assistant:' }}{%- endif %}"
@@ -121,6 +151,7 @@ STYLES = {
     "phi3": PromptStyle("phi3", ("\n<|user|>", "<|assistant|>:"), _TEMPLATES["phi3"]),
     "chatml": PromptStyle("chatml", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["chatml"]),
     "llama3": PromptStyle("llama3", (), _TEMPLATES["llama3"]),  # ends at the <|eot_id|> stop id
+    "qwen3": PromptStyle("qwen3", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["qwen3"]),
     "plain": PromptStyle("plain", ("\nUser:",), _TEMPLATES["plain"]),
 }
 
@@ -132,7 +163,11 @@ def get_style(name: str) -> PromptStyle:
 
 
 def default_style(tokenizer) -> PromptStyle | None:
-    """The style a tokenizer implies: llama3 for Llama 3's header tokens, else none (a base model)."""
-    if "<|start_header_id|>" in (getattr(tokenizer, "special_tokens", {}) or {}):
+    """The style a tokenizer implies: llama3 for Llama 3's header tokens, qwen3 for ChatML with think tokens,
+    chatml for ChatML alone, else none (a base model)."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    if "<|start_header_id|>" in specials:
         return STYLES["llama3"]
+    if "<|im_start|>" in specials:
+        return STYLES["qwen3" if "<think>" in specials else "chatml"]
     return None

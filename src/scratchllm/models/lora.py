@@ -15,6 +15,7 @@ Decisions:
   classifier), and per-head-group updates stay independent. Exported to PEFT, HF GPT-2's fused `c_attn`
   takes them as one rank-3r adapter (block-diagonal B), Llama's q/k/v_proj as three.
 - A head tied to the embedding gets its own copy when it is adapted (the book's GPTModel has one anyway).
+- A mixture of experts' experts are stacked Parameters, not Linear layers: LoRA adapts its attention and head.
 - Only the adapters train: `apply_lora` freezes every other parameter. `merge_lora` folds the update into
   the weights for export or fast inference; `lora_state_dict` is what a LoRA run's checkpoints hold.
 """
@@ -116,7 +117,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> int:
     unused = set(getattr(model, "unused_linears", ()))
 
     def wanted(name: str) -> bool:
-        return name not in unused and ("all" in cfg.targets or name.rsplit(".", 1)[-1] in cfg.targets)
+        # A mixture of experts' router (a few outputs that pick experts) is never adapted, as in PEFT's presets.
+        last = name.rsplit(".", 1)[-1]
+        return name not in unused and last != "router" and ("all" in cfg.targets or last in cfg.targets)
 
     for name, layer in model.named_modules():  # checked before anything changes
         if isinstance(layer, nn.Linear) and wanted(name):

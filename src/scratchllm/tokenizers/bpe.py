@@ -8,6 +8,8 @@ Design decisions:
   exactly what GPT-2's merges list means, without needing the list itself.
 - Text is first cut into pre-tokens by a regex (GPT-2's or GPT-4's pattern) so merges never cross
   word/number/punctuation boundaries; special tokens such as `<|endoftext|>` are matched before that.
+- Some vocabularies (Qwen's) normalise text to Unicode NFC before cutting it, so a decomposed "é" encodes as
+  the composed one: `normalization="NFC"` does that in every encoder.
 - Two encoders share the ranks: `encode` hands them to tiktoken's Rust core (fast, used everywhere),
   `encode_reference` is a short pure-Python version of the same algorithm kept for reading and for the
   tests that check both agree.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import unicodedata
 from collections.abc import Collection, Iterable
 from functools import cached_property
 from pathlib import Path
@@ -64,7 +67,11 @@ class BPETokenizer:
         special_tokens: dict[str, int] | None = None,
         pattern: str = GPT2_PATTERN,
         name: str = "bpe",
+        normalization: str | None = None,
     ):
+        if normalization not in (None, "NFC"):
+            raise ScratchLLMError(f"tokenizer {name!r}: normalization {normalization!r} is not supported (only NFC)")
+        self.normalization = normalization
         self.ranks = ranks
         self.special_tokens = dict(special_tokens or {})
         self.pattern = pattern
@@ -125,21 +132,26 @@ class BPETokenizer:
                     )
         return allowed
 
+    def _normal(self, text: str) -> str:
+        return unicodedata.normalize(self.normalization, text) if self.normalization else text
+
     def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
         """Text -> ids. Special tokens in `text` are encoded as one id only if named in `allowed_special`."""
+        text = self._normal(text)
         allowed = self._allowed(text, allowed_special)
         return self._engine.encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode treating special-token text as plain text (for corpora that may contain it)."""
-        return self._engine.encode_ordinary(text)
+        return self._engine.encode_ordinary(self._normal(text))
 
     def encode_batch(self, texts: list[str], num_threads: int = 4) -> list[list[int]]:
         """Encode many documents in parallel threads (the Rust core releases the GIL)."""
-        return self._engine.encode_ordinary_batch(texts, num_threads=num_threads)
+        return self._engine.encode_ordinary_batch([self._normal(t) for t in texts], num_threads=num_threads)
 
     def encode_reference(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
         """Pure-Python encoder: same result as `encode`, readable, slow."""
+        text = self._normal(text)
         allowed = self._allowed(text, allowed_special)
         pattern = regex.compile(self.pattern)
         ids: list[int] = []
@@ -186,6 +198,8 @@ class BPETokenizer:
         for token, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
             h.update(rank.to_bytes(4, "little") + token)
         h.update(json.dumps(self.special_tokens, sort_keys=True).encode())
+        if self.normalization:
+            h.update(self.normalization.encode())
         return h.hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:
@@ -200,6 +214,7 @@ class BPETokenizer:
             "name": self.name,
             "pattern": self.pattern,
             "special_tokens": self.special_tokens,
+            "normalization": self.normalization,
             "tokens": tokens,
         }
         text = json.dumps(data, ensure_ascii=False)
@@ -216,7 +231,8 @@ class BPETokenizer:
             raise ScratchLLMError(f"{path}: field 'format' should be {FORMAT!r}; not a scratchllm tokenizer file")
         try:
             ranks = {base64.b64decode(t): i for i, t in enumerate(data["tokens"]) if t is not None}
-            return cls(ranks, data["special_tokens"], data["pattern"], data.get("name", path.stem))
+            return cls(ranks, data["special_tokens"], data["pattern"], data.get("name", path.stem),
+                       data.get("normalization"))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise ScratchLLMError(f"{path}: malformed tokenizer file ({type(e).__name__}: {e})") from None
 

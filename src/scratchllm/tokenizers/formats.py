@@ -99,9 +99,23 @@ def from_hf_tokenizer_json(path: str | Path, name: str | None = None) -> BPEToke
         raise ScratchLLMError(f"{path}: field 'model.type' should be 'BPE' for a byte-level BPE tokenizer")
     specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special", True)}
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-    return _from_vocab_and_merges(
+    tokenizer = _from_vocab_and_merges(
         model.get("vocab"), merges, specials, _hf_pattern(data, path), name or path.parent.name, str(path)
     )
+    tokenizer.normalization = _hf_normalization(data, path)
+    return tokenizer
+
+
+def _hf_normalization(data: dict, path: Path) -> str | None:
+    """None or "NFC" (Qwen's tokenizers); any other normaliser would change ids we cannot reproduce."""
+    norm = data.get("normalizer")
+    steps = norm.get("normalizers", []) if isinstance(norm, dict) and norm.get("type") == "Sequence" else [norm]
+    kinds = [s.get("type") if isinstance(s, dict) else s for s in steps if s is not None]
+    if not kinds:
+        return None
+    if kinds == ["NFC"]:
+        return "NFC"
+    raise ScratchLLMError(f"{path}: field 'normalizer' {norm} is not supported (only none or NFC)")
 
 
 def _hf_pattern(data: dict, path: Path) -> str:
@@ -219,7 +233,8 @@ def to_hf_tokenizer_json(tokenizer: BPETokenizer) -> dict:
         {"id": i, "content": s, **flags} for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])
     ]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials,
+        "normalizer": {"type": tokenizer.normalization} if tokenizer.normalization else None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},

@@ -1,0 +1,84 @@
+"""Every family end to end from a HuggingFace folder, as a user with the hub would start: a LoRA instruction
+fine-tune that learns its answers, the adapter loaded by `peft` on the transformers model, the merged export
+loaded by transformers, and the run served and answered through the `openai` client.
+
+GPT-2's full fine-tune is held to the same in tests/test_instruct.py; here each later family starts from a
+random transformers model saved with a Qwen-style tokenizer.json (its chat specials, so the qwen3 style and
+the <|im_end|> stop are real tokens).
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import peft
+import pytest
+import torch
+import transformers
+
+from scratchllm.checkpoints.load import load_checkpoint
+from scratchllm.cli.main import main
+from scratchllm.data.instructions import book_split, read_examples
+from scratchllm.generation.engine import Engine, end_of_text_ids
+from scratchllm.prompts import STYLES
+from scratchllm.serving.app import Settings
+from scratchllm.training.instruct import finetune_instruct, respond
+from tests.hf_families import hf_model, qwen_style_tokenizer
+from tests.serving_helpers import ServerThread
+from tests.test_instruct import COLORS, small_run
+
+RECORDS = [{"instruction": f"What color is the {t}?", "input": "", "output": f"The {t} is {c}."} for t, c in COLORS]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("families") / "colors.json"
+    path.write_text(json.dumps(RECORDS))
+    return path
+
+
+def _base_folder(arch: str, folder, tokenizer) -> None:
+    model = hf_model(arch, vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=128)
+    model.save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_family_lora_fine_tune_exports_and_serves(arch, data_file, tmp_path):
+    texts = [STYLES["qwen3"].render([{"role": "user", "content": r["instruction"]}]) + r["output"] for r in RECORDS]
+    _base_folder(arch, tmp_path / "base", qwen_style_tokenizer(texts * 4, 400))
+    run = tmp_path / "run"
+    result = finetune_instruct(small_run(data_file, run, checkpoint=str(tmp_path / "base"), style="qwen3", lora=True,
+                                         lora_rank=32, lora_alpha=64, mask_prompt=True, max_steps=600, lr=1e-2,
+                                         min_lr=1e-2 / 3, warmup_steps=10, eval_every=600))  # fmt: skip
+    assert result.evals[-1]["train_loss"] < result.evals[0]["train_loss"] / 10
+    loaded = load_checkpoint(run, "fp32")
+    assert loaded.prompt_style == "qwen3" and loaded.model.config.arch == arch
+    train = book_split(read_examples(data_file, STYLES["qwen3"]))[0]
+    stop_ids = end_of_text_ids(loaded.tokenizer)
+    assert loaded.tokenizer.special_tokens["<|im_end|>"] in stop_ids
+    answers = respond(loaded.model, loaded.tokenizer, train, stop_ids, STYLES["qwen3"], 16)
+    assert answers == [ex.response for ex in train]
+
+    # The run's PEFT adapter on the transformers base, and the merged HF export, give our logits.
+    idx = torch.tensor([loaded.tokenizer.encode(train[0].prompt, allowed_special="all")])
+    with torch.no_grad():
+        ours = loaded.model(idx)
+        base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+        adapted = peft.PeftModel.from_pretrained(base, run / "peft-adapter").eval()
+        torch.testing.assert_close(adapted(idx).logits, ours, atol=1e-4, rtol=1e-4)
+        assert main(["convert", "--to", "hf", str(run), str(tmp_path / "hf")]) == 0
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+        torch.testing.assert_close(merged(idx).logits, ours, atol=1e-4, rtol=1e-4)
+    assert type(merged).__name__ == type(base).__name__  # Qwen3ForCausalLM / Qwen3MoeForCausalLM
+
+    # Served in its style, the openai client gets the trained answers.
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=4)
+    with ServerThread(engine, Settings("run", STYLES["qwen3"])) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for ex in train[:3]:
+            reply = client.chat.completions.create(model="run", temperature=0, max_tokens=16, messages=[
+                {"role": "user", "content": ex.record["instruction"]}])  # fmt: skip
+            assert reply.choices[0].message.content == ex.response
+            assert reply.choices[0].finish_reason == "stop"
