@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generation.generate import (
