@@ -12,8 +12,10 @@ import transformers
 from scratchllm.checkpoints.hf import config_from_hf, state_dict_from_hf
 from scratchllm.models import Transformer
 
+# pad_token_id None: HF's Embedding(padding_idx=...) gives the pad row no gradient, where every row of ours
+# trains (a pad token never occurs in training data, so the difference only shows on random ids)
 _LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                   num_hidden_layers=2, max_position_embeddings=128, vocab_size=300)  # fmt: skip
+                   num_hidden_layers=2, max_position_embeddings=128, vocab_size=300, pad_token_id=None)  # fmt: skip
 BUILDERS = {
     "gpt2": lambda **kw: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         **{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 300, **kw})),
@@ -24,6 +26,14 @@ BUILDERS = {
     "qwen3_moe": lambda **kw: transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
         **{**_LLAMA_LIKE, "head_dim": 32, "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2,
            "norm_topk_prob": True, **kw})),
+    # windows of 8 (prompts and outputs of the tests run far past them), 1 global layer in 3 / 4
+    "gemma3": lambda **kw: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **{**_LLAMA_LIKE, "num_hidden_layers": 3, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8,
+           "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+           "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                               "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}, **kw})),
+    "olmo3": lambda **kw: transformers.Olmo3ForCausalLM(transformers.Olmo3Config(
+        **{**_LLAMA_LIKE, "num_hidden_layers": 4, "sliding_window": 8, **kw})),
 }  # fmt: skip
 FAMILIES = list(BUILDERS)
 

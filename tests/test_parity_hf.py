@@ -27,11 +27,18 @@ LLAMA_CASES = {
                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                "original_max_position_embeddings": 64}),
 }  # fmt: skip
-QWEN3_CASES = {  # (family, HF config fields beyond tests/hf_families.py's tiny defaults)
+LATER_CASES = {  # (family, HF config fields beyond tests/hf_families.py's tiny defaults)
     "qwen3-tied": ("qwen3", {}),
     "qwen3-untied-mqa": ("qwen3", dict(num_key_value_heads=1, tie_word_embeddings=False, head_dim=24)),
     "qwen3-moe-topk-normalised": ("qwen3_moe", {}),
     "qwen3-moe-raw-topk-3-of-6": ("qwen3_moe", dict(num_experts=6, num_experts_per_tok=3, norm_topk_prob=False)),
+    # windows of 8 on sequences of 17 and 128: most keys are outside a local layer's window
+    "gemma3-window-8": ("gemma3", {}),
+    "gemma3-linear-rope-own-scale": ("gemma3", dict(query_pre_attn_scalar=20, rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}})),
+    "olmo3-window-8": ("olmo3", {}),
+    "olmo3-all-local-mqa": ("olmo3", dict(num_key_value_heads=1, layer_types=["sliding_attention"] * 4)),
 }
 
 
@@ -40,7 +47,8 @@ def _perturb(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or "ln_" in name or name.endswith("bias"):
-                p.normal_(mean=0.0 if name.endswith("bias") else 1.0, std=0.1)
+                offset = name.endswith("bias") or isinstance(p, torch.nn.Parameter) and not p.abs().sum()
+                p.normal_(mean=0.0 if offset else 1.0, std=0.1)  # Gemma's (1 + w) norms start at w = 0
 
 
 def _ours_from(hf_model, name: str, device: str = "cpu") -> Transformer:
@@ -103,17 +111,20 @@ def test_llama_parity(case, device):
     _assert_logits_match(hf_model, ours, cfg.vocab_size, cfg.max_position_embeddings)
 
 
-@pytest.mark.parametrize("case", list(QWEN3_CASES))
-def test_qwen3_parity(case, device):
-    """Qwen3 (QK-norm, its own head_dim) and Qwen3-MoE (routed experts), logits and training gradients."""
-    family, fields = QWEN3_CASES[case]
+@pytest.mark.parametrize("case", list(LATER_CASES))
+def test_later_family_parity(case, device):
+    """Qwen3 (QK-norm, its own head_dim), Qwen3-MoE (routed experts), Gemma 3 (sliding windows with their own
+    RoPE base, sandwich norms, GeGLU, scaled embeddings) and Olmo 3 (post-norms, QK-norm over all heads):
+    logits and training gradients."""
+    family, fields = LATER_CASES[case]
     hf_model = hf_model_of(family, **fields)
     _perturb(hf_model)
     ours = _ours_from(hf_model, case, device)
     _assert_logits_match(hf_model, ours, hf_model.config.vocab_size, hf_model.config.max_position_embeddings)
 
 
-@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "qwen3-moe-tiny"])
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
+                                    "olmo3-tiny"])
 def test_export_to_hf_roundtrip(preset, tmp_path):
     """Our random model -> an HF folder (`convert --to hf`'s writer) -> transformers loads it with our logits and
     counts our parameters; and the names map back to the same tensors."""

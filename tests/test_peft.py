@@ -16,7 +16,8 @@ from scratchllm.models.lora import LoRAConfig, apply_lora, merge_lora
 
 @pytest.mark.parametrize("preset,targets", [("gpt-tiny", ("all",)), ("llama-tiny", ("all",)),
                                             ("gpt-tiny", ("qkv", "fc2")), ("qwen3-tiny", ("all",)),
-                                            ("qwen3-moe-tiny", ("all",))])  # fmt: skip
+                                            ("qwen3-moe-tiny", ("all",)), ("gemma3-tiny", ("all",)),
+                                            ("olmo3-tiny", ("all",))])  # fmt: skip
 def test_peft_adapter_and_merged_export_give_our_logits(preset, targets, tmp_path):
     torch.manual_seed(0)
     model = build_model(preset, vocab_size=300, tie_embeddings=True).eval()

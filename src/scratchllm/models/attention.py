@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.models.config import ModelConfig
-from scratchllm.models.llama import RMSNorm
+from scratchllm.models.norms import make_norm
 from scratchllm.models.rope import apply_rope
 
 # Scores (batch x heads x T x T) per layer up to which CPU bf16 training uses explicit attention: 8M
@@ -40,42 +40,46 @@ EXPLICIT_ATTENTION_MAX_SCORES = 1 << 23
 class KVCache:
     """Keys and values of past positions for every layer of a pool of sequences (rows).
 
-    Each layer holds k and v of shape (rows, n_kv_heads, max_len, head_dim), preallocated and written in
-    place. The cache belongs to whoever generates (the engine gives every request a row of one pool) and is
-    passed to the forward: modules keep no inference state, so two generations never share one by accident.
+    Each layer holds k and v of shape (rows, n_kv_heads, slots, head_dim), preallocated and written in place.
+    A global layer has `max_len` slots, position p in slot p. A sliding-window (local) layer has only as many
+    slots as its window, used as a ring: position p lives in slot p % window, overwriting the position one
+    window earlier, which no later query may see anyway; so a local layer's memory is bounded by its window
+    whatever the sequence length (Gemma 3's 5 of 6 layers at 512 slots instead of 32k).
+    The cache belongs to whoever generates (the engine gives every request a row of one pool) and is passed
+    to the forward: modules keep no inference state, so two generations never share one by accident.
     `select` gives a cache over a range of rows that shares the storage (a prefill writes one row of the pool).
     """
 
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
-        self.k, self.v = k, v
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], max_len: int, local: list[bool]):
+        self.k, self.v, self.max_len, self.local = k, v, max_len, local
 
     @classmethod
     def allocate(cls, config: ModelConfig, rows: int, max_len: int, dtype, device=None) -> KVCache:
-        shape = (rows, config.n_kv_heads, max_len, config.head_dim)
-        zeros = lambda: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
-        return cls([zeros() for _ in range(config.n_layers)], [zeros() for _ in range(config.n_layers)])
+        windows = [config.window(i) for i in range(config.n_layers)]
+        shapes = [(rows, config.n_kv_heads, max_len if w is None else min(w, max_len), config.head_dim)
+                  for w in windows]  # fmt: skip
+        zeros = lambda shape: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        return cls([zeros(s) for s in shapes], [zeros(s) for s in shapes], max_len, [w is not None for w in windows])
 
     @property
     def rows(self) -> int:
         return self.k[0].shape[0]
 
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[2]
-
     def select(self, first: int, end: int) -> KVCache:
-        return KVCache([k[first:end] for k in self.k], [v[first:end] for v in self.v])
+        return KVCache([k[first:end] for k in self.k], [v[first:end] for v in self.v], self.max_len, self.local)
 
     def copy_row(self, src: int, dst: int, n_slots: int) -> None:
-        """Move a sequence's first `n_slots` keys/values to another row (the engine keeps live rows contiguous)."""
-        for k, v in zip(self.k, self.v):
-            k[dst, :, :n_slots] = k[src, :, :n_slots]
-            v[dst, :, :n_slots] = v[src, :, :n_slots]
+        """Move a sequence's first `n_slots` keys/values to another row (the engine keeps live rows contiguous);
+        a local layer's whole ring moves, since its slots are not in position order."""
+        for k, v, local in zip(self.k, self.v, self.local):
+            n = k.shape[2] if local else n_slots
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
 
     def update(
         self, layer: int, slots: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_keys: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (batch, heads, T, head_dim) and return the layer's slots [0, n_keys).
+        """Store k, v (batch, heads, T, head_dim) of a global layer and return its slots [0, n_keys).
 
         `slots` is the first slot of a run of T (every row alike: prefill) or, for one token, a (batch,)
         tensor of each row's own slot (rows of different lengths decoding together).
@@ -95,6 +99,42 @@ class KVCache:
             v_cache[:batch, :, slots : slots + k.shape[2]] = v
         return k_cache[:batch, :, :n_keys], v_cache[:batch, :, :n_keys]
 
+    def update_window(
+        self, layer: int, slots: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k, v of a local layer in its ring; return the keys, values and the mask its queries attend with.
+
+        A run of T tokens from position `slots` (prefill, possibly a later chunk) attends the ring as it was (the
+        window before the run, read before the run overwrites it) followed by the run itself, masked to each
+        query's window; one token per row (a (batch,) tensor of positions) attends the ring after its write, the
+        mask saying which ring slots hold a position in its window (and allowed by `key_mask`, (batch, n_keys)).
+        """
+        k_ring, v_ring = self.k[layer], self.v[layer]
+        size, (batch, _, T, _), device = k_ring.shape[2], k.shape, k.device
+        if T == 1 and not isinstance(slots, torch.Tensor):
+            slots = torch.full((batch,), slots, device=device)
+        if isinstance(slots, torch.Tensor):
+            rows = torch.arange(batch, device=device)
+            k_ring[rows, :, slots % size] = k[:, :, 0]
+            v_ring[rows, :, slots % size] = v[:, :, 0]
+            # the position each ring slot holds now: the latest p <= position with p = slot (mod size)
+            held = slots[:, None] - (slots[:, None] - torch.arange(size, device=device)) % size
+            valid = held >= 0
+            if key_mask is not None:
+                valid &= key_mask.gather(1, held.clamp(min=0, max=key_mask.shape[1] - 1))
+            return k_ring[:batch], v_ring[:batch], valid[:, None, None, :]
+        past = torch.arange(slots - size, slots, device=device)  # positions the ring may hold before the run
+        keys = torch.cat([past, torch.arange(slots, slots + T, device=device)])
+        k_all = torch.cat([k_ring[:batch, :, past % size], k], dim=2)
+        v_all = torch.cat([v_ring[:batch, :, past % size], v], dim=2)
+        queries = torch.arange(slots, slots + T, device=device)[:, None]
+        mask = (keys >= 0) & (keys <= queries) & (keys > queries - size)
+        n = min(T, size)  # the run's last `size` tokens are what the ring keeps
+        kept = torch.arange(slots + T - n, slots + T, device=device) % size
+        k_ring[:batch, :, kept] = k[:, :, T - n :]
+        v_ring[:batch, :, kept] = v[:, :, T - n :]
+        return k_all, v_all, mask
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV, optional RoPE, GQA and an optional KV cache."""
@@ -107,11 +147,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
         self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
         self.drop_rate = config.drop_rate
-        # QK-norm (Qwen3): each head's query and key RMS-normalised before RoPE, bounding the attention logits.
+        self.scale = config.attn_scale  # None: SDPA's 1 / sqrt(head_dim)
+        self.window = config.window(layer)  # None: a global layer
+        # QK-norm: queries and keys normalised before RoPE, bounding the attention logits; per head (Qwen3,
+        # Gemma 3) or over all heads' features at once (Olmo).
         self.q_norm = self.k_norm = None
-        if config.qk_norm == "head":
-            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+        self.qk_norm_full = config.qk_norm == "full"
+        if config.qk_norm != "none":
+            self.q_norm = make_norm(config, q_dim if self.qk_norm_full else config.head_dim)
+            self.k_norm = make_norm(config, kv_dim if self.qk_norm_full else config.head_dim)
 
     def forward(
         self,
@@ -130,15 +174,23 @@ class CausalSelfAttention(nn.Module):
         batch, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        if self.q_norm is not None and self.qk_norm_full:  # over all heads' features (Olmo)
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(batch, T, self.n_heads, self.head_dim)
         k = k.view(batch, T, self.n_kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_norm_full:  # per head
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(batch, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+        if self.window is not None:
+            if cache is None:  # the whole sequence: a band of `window` keys up to each query
+                mask = band_mask(T, self.window, x.device)
+            else:
+                key_mask = None if mask is None else mask[:, 0, 0, :]
+                k, v, mask = cache.update_window(self.layer, slots, k, v, key_mask)
+        elif cache is not None:
             k, v = cache.update(self.layer, slots, k, v, n_keys)
         # Causal without a mask tensor when queries and keys cover the same positions; one new token
         # after a cache sees every key in view, which needs no mask either.
@@ -153,17 +205,18 @@ class CausalSelfAttention(nn.Module):
             q = q.reshape(batch, self.n_kv_heads, groups, self.head_dim)
             if mask is not None:
                 mask = mask.expand(batch, 1, groups, k.shape[2])
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
             y = y.reshape(batch, self.n_heads, 1, self.head_dim)
         elif groups > 1 and mask is not None:
             # Each key/value head repeated for its group of query heads (a copy, for this product only).
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         elif is_causal and _explicit_pays_off(q):
-            y = explicit_causal_attention(q, k, v, dropout)
+            y = explicit_causal_attention(q, k, v, dropout, self.scale)
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=groups > 1
+                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=groups > 1,
+                scale=self.scale,
             )
         return self.proj(y.transpose(1, 2).reshape(batch, T, q_dim))
 
@@ -179,7 +232,9 @@ def _explicit_pays_off(q: torch.Tensor) -> bool:
     )
 
 
-def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+def explicit_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0, scale: float | None = None
+) -> torch.Tensor:
     """Causal attention as scores -> softmax -> weighted sum, for q (batch, heads, T, d), k/v (batch, kv_heads, T, d).
 
     With grouped-query attention each key/value head's group of query heads is folded into its query axis
@@ -196,11 +251,17 @@ def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     future = ~causal_mask(T, T, 0, q.device)
     bias = torch.zeros(T, T, device=q.device).masked_fill_(future, float("-inf")).repeat(groups, 1)
     with torch.autocast(q.device.type, enabled=False):
-        scores = torch.baddbmm(bias, q.float(), k.float().transpose(1, 2), alpha=head_dim**-0.5)
+        scores = torch.baddbmm(bias, q.float(), k.float().transpose(1, 2), alpha=scale or head_dim**-0.5)
         weights = torch.softmax(scores, dim=-1).to(v.dtype)
         if dropout > 0:
             weights = F.dropout(weights, dropout)
         return torch.bmm(weights, v).view(batch, n_heads, T, head_dim)
+
+
+def band_mask(n: int, window: int, device=None) -> torch.Tensor:
+    """(n, n) bool: position i attends positions i - window < j <= i (a sliding window of `window` keys)."""
+    distance = torch.arange(n, device=device)[:, None] - torch.arange(n, device=device)[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 def causal_mask(n_queries: int, n_keys: int, offset: int, device=None) -> torch.Tensor:

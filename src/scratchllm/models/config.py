@@ -28,10 +28,11 @@ from scratchllm.errors import ScratchLLMError, check_fields
 from scratchllm.files import atomic_write
 from scratchllm.models.families import FAMILIES, PRESETS, get_family
 
-CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu", "moe"), "positions": ("learned", "rope"),
-           "qk_norm": ("none", "head")}  # fmt: skip
+CHOICES = {"norm": ("layernorm", "rmsnorm", "rmsnorm_offset"), "mlp": ("gelu", "swiglu", "geglu", "moe"),
+           "positions": ("learned", "rope"), "qk_norm": ("none", "head", "full"),
+           "norm_placement": ("pre", "sandwich", "post")}  # fmt: skip
 # Defaults of the component fields for a family that does not name them.
-BASE_COMPONENTS = {"qk_norm": "none"}
+BASE_COMPONENTS = {"qk_norm": "none", "norm_placement": "pre", "scale_embeddings": False}
 
 
 @dataclass
@@ -52,6 +53,12 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # Llama 3.1/3.2: factor, low/high_freq_factor, original context
+    # sliding-window attention: local layers attend to the last `sliding_window` positions only (their KV cache
+    # holds no more); with `global_every` n, every n-th layer is global (Gemma 3: 6, Olmo 3: 4), else all local
+    sliding_window: int | None = None
+    global_every: int | None = None
+    rope_local_base: float | None = None  # RoPE base of the local layers (Gemma 3: 10,000); None = rope_base
+    attn_scale: float | None = None  # softmax scale of the attention scores; None = 1 / sqrt(head_dim)
     # mixture of experts (mlp: moe): each token's feed-forward is the weighted sum of n_experts_active of
     # n_experts SwiGLU experts of width expert_hidden_dim, chosen by a router
     n_experts: int = 0
@@ -64,13 +71,17 @@ class ModelConfig:
     mlp: str | None = None
     positions: str | None = None
     bias: bool | None = None  # biases on the output projection, feed-forward and norms
-    qk_norm: str | None = None  # "head": RMSNorm over each query/key head before RoPE (Qwen3)
+    qk_norm: str | None = None  # "head": norm over each query/key head before RoPE (Qwen3, Gemma 3); "full": over
+    # all query / all key features (Olmo)
+    norm_placement: str | None = None  # "pre": x + f(norm(x)); "sandwich": x + norm(f(norm(x))) (Gemma);
+    # "post": x + norm(f(x)) (Olmo)
+    scale_embeddings: bool | None = None  # token embeddings times sqrt(emb_dim) (Gemma)
     # Which of the derived fields were filled in from the others, so `replace` re-derives them.
     _derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self, f"model config {self.name!r}")
-        derivable = ("n_kv_heads", "head_dim", "hidden_dim", "expert_hidden_dim", *CHOICES, "bias")
+        derivable = ("n_kv_heads", "head_dim", "hidden_dim", "expert_hidden_dim", *CHOICES, "bias", "scale_embeddings")
         self._derived = frozenset(n for n in derivable if getattr(self, n) is None)
         if self.arch not in FAMILIES:
             raise ScratchLLMError(f"config {self.name!r}: field 'arch' is {self.arch!r}, expected one of "
@@ -101,6 +112,10 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
                 raise ScratchLLMError(f"config {self.name!r}: field {name!r} must be >= 1")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ScratchLLMError(f"config {self.name!r}: field 'sliding_window' must be >= 1")
+        if self.global_every is not None and self.global_every < 1:
+            raise ScratchLLMError(f"config {self.name!r}: field 'global_every' must be >= 1")
         if self.mlp == "moe":
             if self.expert_hidden_dim is None:
                 self.expert_hidden_dim = self.hidden_dim
@@ -112,6 +127,12 @@ class ModelConfig:
     @property
     def uses_rope(self) -> bool:
         return self.positions == "rope"
+
+    def window(self, layer: int) -> int | None:
+        """The attention window of `layer`: None for a global layer (every layer without sliding windows)."""
+        if self.sliding_window is None or (self.global_every and (layer + 1) % self.global_every == 0):
+            return None
+        return self.sliding_window
 
     @property
     def family(self):

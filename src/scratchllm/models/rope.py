@@ -42,11 +42,14 @@ def rope_cache(
     inv_freq = inverse_frequencies(head_dim, base)
     if scaling:
         kind = scaling.get("rope_type", scaling.get("type", "llama3"))
-        if kind != "llama3":
+        if kind == "linear":  # positions interpolated: every frequency divided by the factor (Gemma 3 4B+)
+            inv_freq = inv_freq / scaling["factor"]
+        elif kind == "llama3":
+            inv_freq = llama3_scaled_frequencies(inv_freq, scaling)
+        else:
             from scratchllm.errors import ScratchLLMError
 
-            raise ScratchLLMError(f"rope_scaling type {kind!r} is not supported (only 'llama3')")
-        inv_freq = llama3_scaled_frequencies(inv_freq, scaling)
+            raise ScratchLLMError(f"rope_scaling type {kind!r} is not supported (only 'llama3' and 'linear')")
     angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()

@@ -48,13 +48,15 @@ def model_stats(config: ModelConfig, seq_len: int | None = None) -> ModelStats:
         expert = 3 * d * config.expert_hidden_dim
         ff, ff_bias = d * config.n_experts + config.n_experts * expert, 0
         active_ff = d * config.n_experts + config.n_experts_active * expert
-    elif config.mlp == "swiglu":
+    elif config.mlp in ("swiglu", "geglu"):
         ff, ff_bias = 3 * d * hidden, 0
     else:
         ff, ff_bias = 2 * d * hidden, (hidden + d if bias else 0)
-    norm = 2 * d if config.norm == "layernorm" and bias else d
-    qk_norm = 2 * config.head_dim if config.qk_norm == "head" else 0
-    block = attn + attn_bias + ff + ff_bias + 2 * norm + qk_norm
+    with_bias = config.norm == "layernorm" and bias
+    norm = 2 * d if with_bias else d
+    qk_norm = {"none": 0, "head": 2 * config.head_dim, "full": q_dim + kv_dim}[config.qk_norm]
+    norms_per_block = 4 if config.norm_placement == "sandwich" else 2
+    block = attn + attn_bias + ff + ff_bias + norms_per_block * norm + qk_norm
     embedding = V * d + (0 if config.uses_rope else config.context_length * d)
     head = V * d
     params = embedding + L * block + norm + (0 if config.tie_embeddings else head)

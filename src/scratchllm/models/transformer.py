@@ -19,38 +19,44 @@ from torch import nn
 
 from scratchllm.models.attention import CausalSelfAttention, KVCache
 from scratchllm.models.config import ModelConfig
-from scratchllm.models.gpt2 import FeedForward, LayerNorm
-from scratchllm.models.llama import RMSNorm, SwiGLUFeedForward
+from scratchllm.models.gemma import GeGLUFeedForward
+from scratchllm.models.gpt2 import FeedForward
+from scratchllm.models.llama import SwiGLUFeedForward
 from scratchllm.models.moe import MoEFeedForward
+from scratchllm.models.norms import make_norm
 from scratchllm.models.rope import rope_cache
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.emb_dim, config.norm_eps)
-    return LayerNorm(config.emb_dim, config.norm_eps, bias=config.bias)
-
-
 def make_feed_forward(config: ModelConfig) -> nn.Module:
-    if config.mlp == "moe":
-        return MoEFeedForward(config)
-    return SwiGLUFeedForward(config) if config.mlp == "swiglu" else FeedForward(config)
+    kinds = {"moe": MoEFeedForward, "swiglu": SwiGLUFeedForward, "geglu": GeGLUFeedForward, "gelu": FeedForward}
+    return kinds[config.mlp](config)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: attention then feed-forward, each wrapped in a shortcut (residual) connection."""
+    """Attention then feed-forward, each wrapped in a shortcut (residual) connection, normalised where the config
+    places its norms: before each sublayer (GPT-2, Llama), before and after (Gemma), or after only (Olmo)."""
 
     def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
-        self.norm1 = make_norm(config)
+        before = config.norm_placement in ("pre", "sandwich")
+        after = config.norm_placement in ("sandwich", "post")
+        self.norm1 = make_norm(config) if before else None
         self.attn = CausalSelfAttention(config, layer)
-        self.norm2 = make_norm(config)
+        self.post_attn_norm = make_norm(config) if after else None
+        self.norm2 = make_norm(config) if before else None
         self.ff = make_feed_forward(config)
+        self.post_ff_norm = make_norm(config) if after else None
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x, rope=None, cache=None, slots=0, n_keys=0, mask=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, slots, n_keys, mask))
-        return x + self.drop(self.ff(self.norm2(x)))
+        h = self.attn(_norm(self.norm1, x), rope, cache, slots, n_keys, mask)
+        x = x + self.drop(_norm(self.post_attn_norm, h))
+        h = self.ff(_norm(self.norm2, x))
+        return x + self.drop(_norm(self.post_ff_norm, h))
+
+
+def _norm(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    return x if norm is None else norm(x)
 
 
 class Transformer(nn.Module):
@@ -67,8 +73,8 @@ class Transformer(nn.Module):
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self.tie_weights()
         if config.uses_rope:
-            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
-            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+            for name in ("rope_cos", "rope_sin", "rope_local_cos", "rope_local_sin"):
+                self.register_buffer(name, torch.empty(0), persistent=False)
             self.init_rope()
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two residual branches, so shrink their outputs.
@@ -104,10 +110,17 @@ class Transformer(nn.Module):
         return self.tok_emb.weight.dtype
 
     def init_rope(self) -> None:
-        """(Re)compute the RoPE cos/sin tables: needed again after building the model on the meta device."""
+        """(Re)compute the RoPE cos/sin tables: needed again after building the model on the meta device.
+
+        Local (sliding-window) layers may have their own base and no long-context scaling (Gemma 3): a second
+        pair of tables, empty when no layer needs it.
+        """
         c = self.config
         cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
         self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+        if c.rope_local_base is not None and any(c.window(i) for i in range(c.n_layers)):
+            cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_local_base)
+            self.rope_local_cos, self.rope_local_sin = cos.to(self.device), sin.to(self.device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -173,15 +186,19 @@ class Transformer(nn.Module):
                 f"position {n_keys - 1} is beyond the model's context length {self.config.context_length}"
             )
         x = self._embed_tokens(idx, head_follows)
-        rope = None
+        if self.config.scale_embeddings:  # sqrt(d) rounded to the weights' dtype first, as Gemma's reference
+            x = x * torch.tensor(self.config.emb_dim**0.5, dtype=x.dtype)
+        rope = local_rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         else:
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
+            rope = _rope_at(self.rope_cos, self.rope_sin, positions)
+            local_rope = rope
+            if self.rope_local_cos.numel():
+                local_rope = _rope_at(self.rope_local_cos, self.rope_local_sin, positions)
         x = self.drop_emb(x)
         for block in self.blocks:
-            x = block(x, rope, cache, slots, n_keys, mask)
+            x = block(x, local_rope if block.attn.window else rope, cache, slots, n_keys, mask)
         return self.final_norm(x)
 
     def _embed_tokens(self, idx: torch.Tensor, head_follows: bool = True) -> torch.Tensor:
@@ -206,3 +223,9 @@ class Transformer(nn.Module):
         if count_tied_head and self.is_tied:
             n += self.head_weight.numel()
         return n
+
+
+def _rope_at(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos/sin rows of `positions`: (T,) for a run of positions, (batch, 1) for one position per row."""
+    cos, sin = cos[positions], sin[positions]
+    return (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])

@@ -8,10 +8,12 @@ names, HuggingFace config keys and tensor names both ways, PEFT module names, ch
 from __future__ import annotations
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.families import gpt2, llama, qwen3
+from scratchllm.models.families import gemma3, gpt2, llama, olmo3, qwen3
 from scratchllm.models.families.base import Family
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (gpt2.FAMILY, llama.FAMILY, qwen3.FAMILY, qwen3.MOE_FAMILY)}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (gpt2.FAMILY, llama.FAMILY, qwen3.FAMILY, qwen3.MOE_FAMILY, gemma3.FAMILY, olmo3.FAMILY)
+}
 PRESETS = {name: preset for f in FAMILIES.values() for name, preset in f.presets.items()}
 HUB_NAMES = {name: repo for f in FAMILIES.values() for name, repo in f.hub_names.items()}
 

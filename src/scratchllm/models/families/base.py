@@ -153,16 +153,13 @@ class LlamaLayout(Family):
     def common_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ScratchLLMError("config.json: variants with attention_bias/mlp_bias are not supported")
-        rope = dict(hf.get("rope_parameters") or {})
         return {
             "vocab_size": hf["vocab_size"], "context_length": hf["max_position_embeddings"],
             "emb_dim": hf["hidden_size"], "n_heads": hf["num_attention_heads"],
             "n_kv_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
             "n_layers": hf["num_hidden_layers"], "head_dim": hf.get("head_dim"),
             "hidden_dim": hf["intermediate_size"], "norm_eps": hf.get("rms_norm_eps", 1e-6),
-            "rope_base": float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
-            "rope_scaling": rope_scaling_from_hf(hf.get("rope_scaling") or rope),
-            "tie_embeddings": hf.get("tie_word_embeddings", False),
+            "tie_embeddings": hf.get("tie_word_embeddings", False), **rope_from_hf(hf), **windows_from_hf(hf),
         }  # fmt: skip
 
     def common_to_hf(self, config) -> dict[str, Any]:
@@ -175,17 +172,64 @@ class LlamaLayout(Family):
             "hidden_size": config.emb_dim, "intermediate_size": config.hidden_dim,
             "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
             "num_hidden_layers": config.n_layers, "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
-            "rope_theta": config.rope_base, "hidden_act": "silu", "tie_word_embeddings": config.tie_embeddings,
+            "hidden_act": "silu", "tie_word_embeddings": config.tie_embeddings,
             "attention_bias": False, "mlp_bias": False,
+            # HF's Embedding(padding_idx) would freeze that row in training; ours trains every row
+            "pad_token_id": None,
         }  # fmt: skip
+        global_rope = {"rope_theta": config.rope_base, **_rope_scaling_to_hf(config.rope_scaling)}
+        # transformers 5 reads rope_parameters; the older keys beside them keep 4.x readers right
+        hf["rope_theta"] = config.rope_base
         if config.rope_scaling:
-            s = config.rope_scaling
-            hf["rope_scaling"] = {
-                "rope_type": "llama3", "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
-                "high_freq_factor": s["high_freq_factor"],
-                "original_max_position_embeddings": s["original_context_length"],
-            }  # fmt: skip
+            hf["rope_scaling"] = global_rope
+        if config.sliding_window is None:
+            hf["rope_parameters"] = global_rope
+        else:
+            hf["rope_local_base_freq"] = config.rope_local_base or config.rope_base
+            local = config.rope_local_base if config.rope_local_base is not None else config.rope_base
+            hf["rope_parameters"] = {"full_attention": global_rope,
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": local}}  # fmt: skip
+            hf["sliding_window"] = config.sliding_window
+            hf["layer_types"] = ["full_attention" if config.window(i) is None else "sliding_attention"
+                                 for i in range(config.n_layers)]  # fmt: skip
         return hf
+
+
+def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """`rope_base`, `rope_scaling` (of the global layers) and `rope_local_base` from either transformers 5's
+    `rope_parameters` (one dict, or one per layer type) or the older `rope_theta` / `rope_scaling` /
+    `rope_local_base_freq` keys."""
+    params = dict(hf.get("rope_parameters") or {})
+    local = None
+    if "full_attention" in params or "sliding_attention" in params:
+        local = params.get("sliding_attention")
+        params = dict(params.get("full_attention") or {})
+        if local and local.get("rope_type", "default") != "default":
+            raise ScratchLLMError(f"config.json: rope scaling {local} of the sliding-window layers is not supported")
+    scaling = hf.get("rope_scaling") or params
+    base = float(hf.get("rope_theta", params.get("rope_theta", 10000.0)))
+    local_base = (local or {}).get("rope_theta", hf.get("rope_local_base_freq"))
+    return {"rope_base": base, "rope_scaling": rope_scaling_from_hf(scaling),
+            "rope_local_base": None if local_base is None or float(local_base) == base else float(local_base)}
+
+
+def windows_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """`sliding_window` and `global_every` from `layer_types` (every n-th layer global, the rest local)."""
+    types = hf.get("layer_types")
+    if types is None:
+        pattern = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern"))
+        if not hf.get("sliding_window") or not pattern:
+            return {}
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                 for i in range(hf["num_hidden_layers"])]  # fmt: skip
+    local = [t == "sliding_attention" for t in types]
+    if not any(local):
+        return {}
+    globals_ = [i for i, is_local in enumerate(local) if not is_local]
+    every = globals_[0] + 1 if globals_ else None
+    if any(is_local == (every is not None and (i + 1) % every == 0) for i, is_local in enumerate(local)):
+        raise ScratchLLMError(f"config.json: layer_types {types} are not every n-th layer global")
+    return {"sliding_window": hf["sliding_window"], "global_every": every}
 
 
 def rope_scaling_from_hf(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -193,13 +237,24 @@ def rope_scaling_from_hf(scaling: dict[str, Any] | None) -> dict[str, Any] | Non
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind == "default":
         return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(scaling["factor"])}
     if kind != "llama3":
-        raise ScratchLLMError(f"config.json: rope scaling {scaling} is not supported (only 'llama3')")
+        raise ScratchLLMError(f"config.json: rope scaling {scaling} is not supported (only 'llama3' and 'linear')")
     return {
         "rope_type": "llama3", "factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
         "high_freq_factor": scaling["high_freq_factor"],
         "original_context_length": scaling["original_max_position_embeddings"],
     }  # fmt: skip
+
+
+def _rope_scaling_to_hf(s: dict[str, Any] | None) -> dict[str, Any]:
+    if not s:
+        return {"rope_type": "default"}
+    if s["rope_type"] == "linear":
+        return {"rope_type": "linear", "factor": s["factor"]}
+    return {"rope_type": "llama3", "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
+            "high_freq_factor": s["high_freq_factor"], "original_max_position_embeddings": s["original_context_length"]}
 
 
 def _head_from_hf(sd: Tensors, config, used: set[str], out: Tensors) -> None:
