@@ -85,3 +85,28 @@ def qwen_style_tokenizer(texts: list[str], vocab_size: int):
     hf.train_from_iterator(texts, trainer)
     hf.add_special_tokens(QWEN_SPECIALS)
     return hf
+
+
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>"]
+
+
+def gemma_style_sentencepiece(texts: list[str], folder, vocab_size: int):
+    """A SentencePiece model laid out as Gemma's tokenizer.model (BPE with byte fallback, digits split, no dummy
+    prefix, whitespace kept, <pad> <eos> <bos> <unk> at ids 0-3, its turn markers as user pieces), trained
+    offline with the `sentencepiece` library; written to `folder`/tokenizer.model with the tokenizer_config.json
+    that lets transformers' GemmaTokenizer read it."""
+    import json
+
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=GEMMA_SPECIALS,
+        allow_whitespace_only_pieces=True, split_by_whitespace=False, character_coverage=1.0, minloglevel=2,
+    )  # fmt: skip
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    return folder / "tokenizer.model"

@@ -91,3 +91,12 @@ def test_qwen3_thinking_switch(gpt2_tokenizer, tmp_path):
             theirs = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                 enable_thinking=thinking)  # fmt: skip
             assert theirs == qwen3.render(messages, thinking)
+
+
+def test_gemma_turns():
+    """Gemma's turns: `model` for the assistant, the system message folded into the first user turn, trimmed."""
+    assert STYLES["gemma"].render(SYSTEM + [{"role": "user", "content": " Name a color.\n"},
+                                            {"role": "assistant", "content": "Blue."}]) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nName a color.<end_of_turn>\n<start_of_turn>model\nBlue.<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )  # fmt: skip

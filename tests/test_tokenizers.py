@@ -240,3 +240,27 @@ def test_qwen_style_tokenizer_json_gives_hf_ids(tmp_path, verdict_text):
         assert back.encode(text).ids == hf.encode(text).ids, text
     ours.save(tmp_path / "saved.json")
     assert BPETokenizer.load(tmp_path / "saved.json").encode("Cafe\u0301") == ours.encode("Caf\u00e9")
+
+
+def test_gemma_style_sentencepiece_gives_hf_ids(tmp_path, verdict_text):
+    """A Gemma-style SentencePiece model (byte fallback, split digits, no dummy prefix) built offline: our ids
+    equal transformers' GemmaTokenizer (its own conversion to HF tokenizers) on hard text, turn markers and
+    <bos> are single special ids, and bytes outside the vocabulary fall back to byte pieces that decode back."""
+    import transformers
+
+    from scratchllm.prompts import STYLES
+    from tests.hf_families import gemma_style_sentencepiece
+
+    model = gemma_style_sentencepiece(verdict_text.split("\n") * 2 + VARIED[:8], tmp_path / "gemma", 700)
+    ours = load_tokenizer(tmp_path / "gemma")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "gemma")
+    assert {"<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"} <= set(ours.special_tokens)
+    for text in [t for t in VARIED if "<|endoftext|>" not in t]:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False), text
+        assert ours.decode(ours.encode(text)) == text
+    chat = STYLES["gemma"].render([{"role": "user", "content": "12345 + 日本 🤖?"}])
+    ids = ours.encode(chat, allowed_special="all")
+    assert ids[0] == ours.special_tokens["<bos>"] and ids.count(ours.special_tokens["<start_of_turn>"]) == 2
+    assert ids[1:] == hf.encode(chat.removeprefix("<bos>"), add_special_tokens=False)
+    assert ours.encode("<bos>") != [ours.special_tokens["<bos>"]]  # as text unless allowed
+    assert model.exists()

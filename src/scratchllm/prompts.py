@@ -10,6 +10,8 @@ One source of truth, below `data` (instruction fine-tuning formats its records w
 - `qwen3`: ChatML as Qwen3 uses it, with its thinking switch: earlier assistant turns lose their
   `<think>...</think>` reasoning, and with thinking off the reply starts after an empty think block (what
   Qwen3's own template does with `enable_thinking=False`);
+- `gemma`: Gemma's `<start_of_turn>role ... <end_of_turn>` turns, the assistant named `model`, a system
+  message folded into the first user turn (Gemma has no system role), contents trimmed;
 - `plain`: "User: ... / Assistant:" for base models.
 A style renders a conversation up to where the reply starts (`render`), formats an instruction record
 (`format_instruction`, the book's `format_input` plus the response marker), and carries a Jinja
@@ -94,11 +96,20 @@ def _qwen3(messages: list[dict[str, str]], thinking: bool) -> str:
     return text + "<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n")
 
 
+def _gemma(messages: list[dict[str, str]]) -> str:
+    system = messages[0]["content"].strip() + "\n\n" if messages and messages[0]["role"] == "system" else ""
+    text = "<bos>"
+    for i, m in enumerate(messages[1:] if system else messages):
+        role = "model" if m["role"] == "assistant" else m["role"]
+        text += f"<start_of_turn>{role}\n{system if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n"
+    return text + "<start_of_turn>model\n"
+
+
 def _plain(messages: list[dict[str, str]]) -> str:
     return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
 
 
-_RENDER = {"alpaca": _alpaca, "phi3": _phi3, "chatml": _chatml, "llama3": _llama3, "plain": _plain}
+_RENDER = {"alpaca": _alpaca, "phi3": _phi3, "chatml": _chatml, "llama3": _llama3, "gemma": _gemma, "plain": _plain}
 
 # The same rules in Jinja (`add_generation_prompt` appends what `render` always ends with).
 _NL = "\\n"
@@ -138,6 +149,15 @@ _TEMPLATES = {
         "{%- if enable_thinking is defined and enable_thinking is false %}"
         "{{ '<think>" + _NL * 2 + "</think>" + _NL * 2 + "' }}{%- endif %}{%- endif %}"
     ),
+    "gemma": (
+        "{{ '<bos>' }}{%- set ns = namespace(system='') %}"
+        "{%- if messages and messages[0]['role'] == 'system' %}"
+        "{%- set ns.system = messages[0]['content'] | trim + '" + _NL * 2 + "' %}{%- set rest = messages[1:] %}"
+        "{%- else %}{%- set rest = messages %}{%- endif %}"
+        "{%- for m in rest %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '" + _NL
+        + "' + (ns.system if loop.first else '') + m['content'] | trim + '<end_of_turn>" + _NL + "' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<start_of_turn>model" + _NL + "' }}{%- endif %}"
+    ),
     "plain": (
         "{%- for m in messages %}{{ m['role'] | capitalize }}{{ ': ' + m['content'] + '" + _NL + "' }}{%- endfor %}"
         "{%- if add_generation_prompt %}{{ 'Assistant:' }}{%- endif %}"
@@ -152,6 +172,7 @@ STYLES = {
     "chatml": PromptStyle("chatml", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["chatml"]),
     "llama3": PromptStyle("llama3", (), _TEMPLATES["llama3"]),  # ends at the <|eot_id|> stop id
     "qwen3": PromptStyle("qwen3", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["qwen3"]),
+    "gemma": PromptStyle("gemma", ("<end_of_turn>", "<start_of_turn>"), _TEMPLATES["gemma"]),
     "plain": PromptStyle("plain", ("\nUser:",), _TEMPLATES["plain"]),
 }
 
@@ -170,4 +191,6 @@ def default_style(tokenizer) -> PromptStyle | None:
         return STYLES["llama3"]
     if "<|im_start|>" in specials:
         return STYLES["qwen3" if "<think>" in specials else "chatml"]
+    if "<start_of_turn>" in specials:
+        return STYLES["gemma"]
     return None

@@ -1,7 +1,8 @@
 """`scratchllm convert`: our model folders <-> HuggingFace folders.
 
 `to_hf` writes what `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` read:
-config.json, model.safetensors (HF names, untied copies contiguous), tokenizer.json (+ its config), and a
+config.json, model.safetensors (HF names, untied copies contiguous), tokenizer.json (byte-level BPE) or
+tokenizer.model (SentencePiece, read by the family's HF tokenizer class) with its tokenizer_config.json, and a
 generation_config.json. `to_scratchllm` goes the other way for any folder `--checkpoint` understands.
 """
 
@@ -19,6 +20,7 @@ def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
     """Write a HuggingFace folder; a `prompt_style` becomes the tokenizer's `chat_template`."""
     from scratchllm.tokenizers.bpe import BPETokenizer
     from scratchllm.tokenizers.formats import to_hf_tokenizer_json
+    from scratchllm.tokenizers.sentencepiece import SentencePieceTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,14 +35,19 @@ def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
     save_tensors(tensors, out / "model.safetensors", metadata={"format": "pt"})
     _write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     if tokenizer is not None:
-        if not isinstance(tokenizer, BPETokenizer):
-            raise ScratchLLMError("convert --to hf: only byte-level BPE tokenizers can be exported")
-        _write_json(out / "tokenizer.json", to_hf_tokenizer_json(tokenizer))
         eot_text = next((s for s, i in tokenizer.special_tokens.items() if i == eot), None)
         tokenizer_config = {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.context_length,
             "bos_token": eot_text, "eos_token": eot_text, "clean_up_tokenization_spaces": False,
         }  # fmt: skip
+        if isinstance(tokenizer, BPETokenizer):
+            _write_json(out / "tokenizer.json", to_hf_tokenizer_json(tokenizer))
+        elif isinstance(tokenizer, SentencePieceTokenizer):  # the model file itself; transformers converts it
+            tokenizer.save(out / "tokenizer.model")
+            bos = tokenizer.sp.IdToPiece(tokenizer.sp.bos_id()) if tokenizer.sp.bos_id() >= 0 else None
+            tokenizer_config.update(tokenizer_class=config.family.hf_sentencepiece_class, bos_token=bos)
+        else:
+            raise ScratchLLMError(f"convert --to hf: a {type(tokenizer).__name__} cannot be exported")
         if prompt_style is not None:
             tokenizer_config["chat_template"] = prompt_style.chat_template
         _write_json(out / "tokenizer_config.json", tokenizer_config)
@@ -49,13 +56,13 @@ def to_hf(model, tokenizer, out_dir: str | Path, prompt_style=None) -> Path:
 
 def to_scratchllm(model, tokenizer, out_dir: str | Path, prompt_style: str | None = None) -> Path:
     from scratchllm.prompts import STYLE_FILE
-    from scratchllm.tokenizers.formats import OUR_FILE
+    from scratchllm.tokenizers.formats import save_tokenizer
 
     out = save_model(model, out_dir)
     if prompt_style is not None:
         _write_json(out / STYLE_FILE, {"style": prompt_style})
     if tokenizer is not None:
-        tokenizer.save(out / (OUR_FILE if hasattr(tokenizer, "ranks") else "tokenizer.model"))
+        save_tokenizer(tokenizer, out)
     return out
 
 

@@ -38,7 +38,8 @@ from scratchllm.generation.sampling import SamplingConfig, sample_rows
 from scratchllm.models.attention import KVCache
 
 DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
-END_OF_TEXT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<|im_end|>", "<|end|>")
+END_OF_TEXT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<|im_end|>", "<|end|>", "<eos>",
+                     "<end_of_turn>")  # fmt: skip
 
 
 @dataclass

@@ -118,9 +118,10 @@ class Transformer(nn.Module):
         c = self.config
         cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_base, c.rope_scaling)
         self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+        cos = sin = torch.empty(0)
         if c.rope_local_base is not None and any(c.window(i) for i in range(c.n_layers)):
             cos, sin = rope_cache(c.head_dim, c.context_length, c.rope_local_base)
-            self.rope_local_cos, self.rope_local_sin = cos.to(self.device), sin.to(self.device)
+        self.rope_local_cos, self.rope_local_sin = cos.to(self.device), sin.to(self.device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

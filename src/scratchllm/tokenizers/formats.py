@@ -164,6 +164,12 @@ def from_tiktoken_file(path: str | Path, name: str | None = None) -> BPETokenize
     return BPETokenizer(ranks, specials, LLAMA3_PATTERN, name or path.parent.name)
 
 
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """Write `tokenizer` into a model or run folder under the name `load_tokenizer` finds it by: our BPE file,
+    or a SentencePiece model's own `tokenizer.model`."""
+    return tokenizer.save(Path(folder) / (OUR_FILE if isinstance(tokenizer, BPETokenizer) else "tokenizer.model"))
+
+
 def load_tokenizer(spec: str | Path) -> BPETokenizer:
     """Load a tokenizer from a file, a folder holding one, or the name `gpt2` (shipped with the package).
 

@@ -1,13 +1,17 @@
-"""Llama 2's SentencePiece tokenizer behind the same interface as `BPETokenizer`.
+"""SentencePiece tokenizers (Llama 2, Gemma 3) behind the same interface as `BPETokenizer`.
 
-Llama 2 ships a SentencePiece model (`tokenizer.model`, a protobuf file) rather than byte-level BPE
-ranks, so we delegate encoding to the `sentencepiece` package (installed on demand: `pip install
-sentencepiece`) and map its pieces to bytes for streaming: "▁" is a space and `<0xNN>` pieces are raw
-bytes. `<s>` (BOS) is prepended by `encode` when `add_bos=True`, as Llama 2 expects at the start of text.
+Llama 2 and Gemma ship a SentencePiece model (`tokenizer.model`, a protobuf file) rather than byte-level BPE
+ranks, so we delegate encoding to the `sentencepiece` package and map its pieces to bytes for streaming:
+"▁" is a space and `<0xNN>` pieces are raw bytes (byte fallback). `<s>` / `<bos>` is prepended by `encode`
+when `add_bos=True`, as these models expect at the start of text.
+Special tokens are the model's control pieces (`<bos>`, `<eos>`, `<pad>`) and its `<tag>`-shaped pieces
+(Gemma's `<start_of_turn>`, `<end_of_turn>`): text is cut at the allowed ones first, as HF tokenizers cut
+at added tokens, so a rendered chat prompt encodes each marker as its one id.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
@@ -21,13 +25,16 @@ def is_sentencepiece_file(path: Path) -> bool:
     )
 
 
+_TAG = re.compile(r"<[^<>\s]+>")
+
+
 class SentencePieceTokenizer:
     def __init__(self, path: str | Path, name: str | None = None):
         try:
             import sentencepiece
         except ImportError:
             raise ScratchLLMError(
-                "Llama 2 tokenizers need the sentencepiece package: pip install sentencepiece"
+                "SentencePiece tokenizers (Llama 2, Gemma) need the sentencepiece package: pip install sentencepiece"
             ) from None
         self.path = Path(path)
         self.name = name or self.path.parent.name
@@ -36,7 +43,11 @@ class SentencePieceTokenizer:
             self.sp.Load(str(path))
         except (OSError, RuntimeError) as e:
             raise ScratchLLMError(f"{path}: not a SentencePiece model ({e})") from None
-        self.special_tokens = {self.sp.IdToPiece(i): i for i in (self.sp.bos_id(), self.sp.eos_id()) if i >= 0}
+        sp = self.sp
+        self.special_tokens = {
+            sp.IdToPiece(i): i for i in range(sp.GetPieceSize())
+            if sp.IsControl(i) or (_TAG.fullmatch(sp.IdToPiece(i)) and not (sp.IsByte(i) or sp.IsUnknown(i)))
+        }  # fmt: skip
         self.pattern = ""
 
     @property
@@ -48,10 +59,19 @@ class SentencePieceTokenizer:
         return self.sp.eos_id() if self.sp.eos_id() >= 0 else None
 
     def encode(self, text: str, allowed_special=(), add_bos: bool = False) -> list[int]:
-        ids = self.sp.EncodeAsIds(text)
-        return [self.sp.bos_id()] + ids if add_bos else ids
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        ids = [self.sp.bos_id()] if add_bos else []
+        start = 0
+        if allowed:
+            for match in _TAG.finditer(text):
+                if match.group() in allowed:
+                    ids += self.sp.EncodeAsIds(text[start : match.start()]) if match.start() > start else []
+                    ids.append(self.special_tokens[match.group()])
+                    start = match.end()
+        return ids + self.sp.EncodeAsIds(text[start:]) if start < len(text) else ids
 
-    encode_ordinary = encode
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.sp.EncodeAsIds(text)
 
     def encode_batch(self, texts: list[str], num_threads: int = 4) -> list[list[int]]:
         return [self.encode(t) for t in texts]

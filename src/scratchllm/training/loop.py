@@ -35,7 +35,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.files import atomic_write, claim_output_folder, refuse_overlap
 from scratchllm.hardware import peak_memory_mib, resolve_dtype, utilisation
 from scratchllm.models.moe import take_router_aux_loss
-from scratchllm.tokenizers.formats import OUR_FILE
+from scratchllm.tokenizers.formats import save_tokenizer
 from scratchllm.training.config import TrainSettings
 from scratchllm.training.distributed import DistInfo, Sharded, all_true, barrier, mean_across
 from scratchllm.training.schedule import lr_at
@@ -174,7 +174,7 @@ def open_run_dir(run_dir: Path, replacing: bool, cfg: TrainSettings, tokenizer) 
         print(f"--overwrite: removed the previous contents of {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
-    tokenizer.save(run_dir / OUR_FILE)
+    save_tokenizer(tokenizer, run_dir)
 
 
 class _Log:

@@ -41,6 +41,7 @@ class Family:
     hub_names: ClassVar[dict[str, str]] = {}
     chat_style: ClassVar[str | None] = None  # prompt style of the family's instruct checkpoints
     tokenizer_kind: ClassVar[str] = "byte-level BPE"  # what its tokenizer files hold (said by `info`)
+    hf_sentencepiece_class: ClassVar[str] = "LlamaTokenizer"  # transformers' class for a tokenizer.model
     peft_fan_in_fan_out: ClassVar[bool] = False  # HF stores its Linear weights transposed (GPT-2's Conv1D)
     ignorable: ClassVar[tuple[str, ...]] = ()  # tensor-name endings in HF files that hold no weights
 

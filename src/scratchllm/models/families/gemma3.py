@@ -33,6 +33,7 @@ class Gemma3(LlamaLayout):
                   "norm_placement": "sandwich", "scale_embeddings": True}  # fmt: skip
     chat_style = "gemma"
     tokenizer_kind = "SentencePiece BPE with byte fallback"
+    hf_sentencepiece_class = "GemmaTokenizer"
     pairs = {
         **LlamaLayout.pairs, "norm2.weight": "pre_feedforward_layernorm.weight",
         "post_attn_norm.weight": "post_attention_layernorm.weight",
