@@ -23,8 +23,8 @@ from scratchllm.data.instructions import book_split, read_examples
 from scratchllm.generation.engine import Engine, end_of_text_ids
 from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
-from scratchllm.training.instruct import finetune_instruct, respond
 from scratchllm.tokenizers.formats import load_tokenizer
+from scratchllm.training.instruct import finetune_instruct, respond
 from tests.hf_families import gemma_style_sentencepiece, hf_model, qwen_style_tokenizer
 from tests.serving_helpers import ServerThread
 from tests.test_instruct import COLORS, small_run
