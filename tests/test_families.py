@@ -64,7 +64,8 @@ def test_family_lora_fine_tune_exports_and_serves(arch, style, data_file, tmp_pa
     run = tmp_path / "run"
     result = finetune_instruct(small_run(data_file, run, checkpoint=str(tmp_path / "base"), style=style, lora=True,
                                          lora_rank=32, lora_alpha=64, mask_prompt=True, max_steps=800, lr=5e-3,
-                                         min_lr=5e-3 / 3, warmup_steps=10, eval_every=800, response_tokens=32))  # fmt: skip
+                                         min_lr=5e-3 / 3, warmup_steps=10, eval_every=800,
+                                         response_tokens=32))  # fmt: skip
     assert result.evals[-1]["train_loss"] < result.evals[0]["train_loss"] / 10
     loaded = load_checkpoint(run, "fp32")
     assert loaded.prompt_style == style and loaded.model.config.arch == arch

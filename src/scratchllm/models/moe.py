@@ -9,8 +9,11 @@ Decisions:
 - Grouped, not a loop over experts for every token: the (token, expert) assignments are sorted by expert and
   each expert's rows go through one product (`F.grouped_mm`, one call for all experts), so the work is the
   k / n_experts share of a dense layer's, and no token is ever dropped (no capacity limit).
-- Expert weights are stored stacked as (experts, in, out) (`gate_up`: gate and up side by side, `down`), the
-  layout the grouped product reads; family files transpose HF's per-expert (out, in) matrices on load.
+- Expert weights are stored stacked as (experts, out, in) like a Linear's (`gate_up`: gate rows then up rows,
+  `down`) and read transposed by the grouped product: on CPU that "NT" product was 20% faster than the same
+  product on (experts, in, out) weights (64 experts, 8k assignments, d 512; torch 2.13, 2 cores).
+- The routing weights scale each assignment's hidden activation (width expert_hidden_dim), not its output
+  (width emb_dim): the same result, by linearity of `down`, on the smaller tensor.
 - Under `torch.compile` (the compiled decode step) the grouped product has no float32 kernel to trace, so the
   chosen experts' weights are gathered per assignment and applied by batched products instead: the same
   result, and what decoding one token needs anyway.
@@ -35,8 +38,8 @@ class MoEFeedForward(nn.Module):
         n, d, h = config.n_experts, config.emb_dim, config.expert_hidden_dim
         self.n_experts, self.top_k, self.norm_topk = n, config.n_experts_active, config.norm_topk
         self.router = nn.Linear(d, n, bias=False)
-        self.gate_up = nn.Parameter(torch.empty(n, d, 2 * h))
-        self.down = nn.Parameter(torch.empty(n, h, d))
+        self.gate_up = nn.Parameter(torch.empty(n, 2 * h, d))
+        self.down = nn.Parameter(torch.empty(n, d, h))
         for p in (self.gate_up, self.down):
             nn.init.normal_(p, std=0.02)
         self.router_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -72,17 +75,17 @@ class MoEFeedForward(nn.Module):
         order = flat.argsort(stable=True)
         ends = torch.bincount(flat, minlength=self.n_experts).cumsum(0).to(torch.int32)
         rows = order // self.top_k
-        gate, up = F.grouped_mm(x[rows], self.gate_up, offs=ends).chunk(2, dim=-1)
-        y = F.grouped_mm(F.silu(gate) * up, self.down, offs=ends)
-        y = y * weights.flatten()[order, None]
+        gate, up = F.grouped_mm(x[rows], self.gate_up.transpose(1, 2), offs=ends).chunk(2, dim=-1)
+        hidden = F.silu(gate) * up * weights.flatten()[order, None]
+        y = F.grouped_mm(hidden, self.down.transpose(1, 2), offs=ends)
         return torch.zeros_like(x).index_add_(0, rows, y)
 
     def _gathered(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         flat = experts.flatten()
         xs = x.repeat_interleave(self.top_k, dim=0)[:, None]  # (N*k, 1, d)
-        gate, up = torch.bmm(xs, self.gate_up[flat]).chunk(2, dim=-1)
-        y = torch.bmm(F.silu(gate) * up, self.down[flat]).view(x.shape[0], self.top_k, -1)
-        return (y * weights[..., None]).sum(dim=1)
+        gate, up = torch.bmm(xs, self.gate_up[flat].transpose(1, 2)).chunk(2, dim=-1)
+        hidden = F.silu(gate) * up * weights.flatten()[:, None, None]
+        return torch.bmm(hidden, self.down[flat].transpose(1, 2)).view(x.shape[0], self.top_k, -1).sum(dim=1)
 
 
 def take_router_aux_loss(model: nn.Module) -> torch.Tensor | None:

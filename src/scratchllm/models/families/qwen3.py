@@ -11,8 +11,8 @@ What differs from Llama:
   chat: ChatML with Qwen3's thinking switch (the `qwen3` prompt style).
 
 HF files store each expert's three matrices separately (`mlp.experts.E.gate_proj.weight`, ...); we stack them
-into one (experts, in, out) tensor per kind so the grouped product reads them in one call. transformers 5
-keeps them fused in memory (`mlp.experts.gate_up_proj`); both are read.
+into one (experts, out, in) tensor per kind (gate and up together) so the grouped product reads them in one
+call, the layout transformers 5 keeps in memory (`mlp.experts.gate_up_proj`); both are read.
 """
 
 from __future__ import annotations
@@ -101,20 +101,20 @@ class Qwen3Moe(Qwen3):
         import torch
 
         h, b = f"model.layers.{layer}.mlp.experts.", f"blocks.{layer}.ff."
-        if h + "gate_up_proj" in sd:  # transformers 5's in-memory layout: (E, 2H, d) and (E, d, H)
-            out[b + "gate_up"] = take(sd, h + "gate_up_proj", used).transpose(1, 2)
-            out[b + "down"] = take(sd, h + "down_proj", used).transpose(1, 2)
+        if h + "gate_up_proj" in sd:  # transformers 5's in-memory layout: ours, (E, 2H, d) and (E, d, H)
+            out[b + "gate_up"] = take(sd, h + "gate_up_proj", used)
+            out[b + "down"] = take(sd, h + "down_proj", used)
             return
-        stack = lambda kind: torch.stack(  # noqa: E731  (E, out, in) -> transposed below
+        stack = lambda kind: torch.stack(  # noqa: E731  each (out, in)
             [take(sd, f"{h}{e}.{kind}_proj.weight", used) for e in range(config.n_experts)]
         )
-        out[b + "gate_up"] = torch.cat([stack("gate"), stack("up")], dim=1).transpose(1, 2)
-        out[b + "down"] = stack("down").transpose(1, 2)
+        out[b + "gate_up"] = torch.cat([stack("gate"), stack("up")], dim=1)
+        out[b + "down"] = stack("down")
 
     def extra_to_hf(self, sd, config, layer, out) -> None:
         h, b = f"model.layers.{layer}.mlp.experts.", f"blocks.{layer}.ff."
-        gate, up = sd[b + "gate_up"].transpose(1, 2).chunk(2, dim=1)
-        down = sd[b + "down"].transpose(1, 2)
+        gate, up = sd[b + "gate_up"].chunk(2, dim=1)
+        down = sd[b + "down"]
         for e in range(config.n_experts):
             for kind, w in (("gate", gate), ("up", up), ("down", down)):
                 out[f"{h}{e}.{kind}_proj.weight"] = w[e].contiguous()
