@@ -2,9 +2,11 @@
 
 Same process, same weights (gpt2-small by default, random init), batch 1, 2 threads, greedy, a 32-token
 prompt. Decode is memory-bound: every new token reads all weights once, so the script also measures this
-machine's memory bandwidth (a large tensor copy) and prints the bandwidth our decode achieves.
+machine's memory bandwidth (a large tensor copy) and prints the bandwidth our decode achieves. A model with
+sliding-window layers (Gemma 3) also reports its KV-cache bytes at 8k context against a full cache.
 
     .venv/bin/python benchmarks/bench_generate.py [--model gpt2-small] [--new-tokens 256] [--dtypes fp32,bf16]
+    .venv/bin/python benchmarks/bench_generate.py --model gemma-3-270m,qwen3-0.6b --dtypes fp32 --new-tokens 64
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2-small")
+    p.add_argument("--model", default="gpt2-small", help="preset, or several separated by commas")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--uncached-tokens", type=int, default=None, help="tokens for the slow uncached loop (default: all)")
@@ -33,6 +35,27 @@ def main() -> None:
     if "bf16" in dtypes and not cpu_has_bf16():
         print("note: bf16 is emulated on this CPU: its figures show the emulation, not the code", flush=True)
 
+    bandwidth = memory_bandwidth()
+    for name in args.model.split(","):
+        print(
+            f"\nmemory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {name}, batch 1, greedy, "
+            f"prompt {args.prompt_len}, {args.new_tokens} new tokens"
+        )
+        bench_model(argparse.Namespace(**{**vars(args), "model": name}), dtypes, bandwidth)
+
+
+def kv_cache_report(config) -> None:
+    """A sliding-window model's KV cache at 8k context against a cache of every layer at full length."""
+    from scratchllm.models.attention import KVCache
+
+    cache = KVCache.allocate(config, 1, 8192, torch.bfloat16, device="meta")
+    ours = sum(k.numel() * 2 * 2 for k in cache.k)
+    full = config.n_layers * config.n_kv_heads * 8192 * config.head_dim * 2 * 2
+    print(f"  KV cache at 8k context (bf16, k+v): {ours / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB full "
+          f"({ours / full:.0%}, target <= 30%)")
+
+
+def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> None:
     import transformers
 
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
@@ -40,15 +63,12 @@ def main() -> None:
     from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
     from scratchllm.models import build_model
 
-    bandwidth = memory_bandwidth()
-    print(
-        f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {args.model}, batch 1, greedy, "
-        f"prompt {args.prompt_len}, {args.new_tokens} new tokens"
-    )
     torch.manual_seed(0)
     base = build_model(args.model).eval()
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     hf_config = transformers.AutoConfig.for_model(**config_to_hf(base.config))
+    if base.config.sliding_window:
+        kv_cache_report(base.config)
     for dtype_name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
