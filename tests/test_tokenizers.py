@@ -263,4 +263,9 @@ def test_gemma_style_sentencepiece_gives_hf_ids(tmp_path, verdict_text):
     assert ids[0] == ours.special_tokens["<bos>"] and ids.count(ours.special_tokens["<start_of_turn>"]) == 2
     assert ids[1:] == hf.encode(chat.removeprefix("<bos>"), add_special_tokens=False)
     assert ours.encode("<bos>") != [ours.special_tokens["<bos>"]]  # as text unless allowed
-    assert model.exists()
+    # A hub folder ships HF's converted tokenizer.json beside tokenizer.model: the SentencePiece model is read.
+    hf.save_pretrained(tmp_path / "hub")
+    shutil.copy(model, tmp_path / "hub" / "tokenizer.model")
+    assert (tmp_path / "hub" / "tokenizer.json").exists()
+    from_hub = load_tokenizer(tmp_path / "hub")
+    assert type(from_hub).__name__ == "SentencePieceTokenizer" and from_hub.encode(VARIED[6]) == ours.encode(VARIED[6])

@@ -97,6 +97,8 @@ def from_hf_tokenizer_json(path: str | Path, name: str | None = None) -> BPEToke
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         raise ScratchLLMError(f"{path}: field 'model.type' should be 'BPE' for a byte-level BPE tokenizer")
+    if model.get("byte_fallback"):  # SentencePiece's BPE converted by HF (Gemma, Llama 2): read tokenizer.model
+        raise ScratchLLMError(f"{path}: a SentencePiece-style BPE (byte_fallback); its tokenizer.model is what we read")
     specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special", True)}
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
     tokenizer = _from_vocab_and_merges(
@@ -123,7 +125,7 @@ def _hf_pattern(data: dict, path: Path) -> str:
     pre = data.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     for step in steps:
-        if step.get("type") == "Split":
+        if step.get("type") == "Split" and "Regex" in (step.get("pattern") or {}):
             return step["pattern"]["Regex"]
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return GPT2_PATTERN
