@@ -5,11 +5,14 @@ Field names follow the book (`vocab_size`, `context_length`, `emb_dim`, `n_heads
 `head_dim`, `hidden_dim`, `rope_base`, `rope_scaling`, the expert counts) are added beside them. The pieces
 that differ between families are component fields, each filled in from the family (`arch`) unless given:
 
-| arch      | norm      | mlp                   | positions          | bias            | qk_norm |
-| gpt2      | layernorm | gelu (tanh), d->4d->d | learned (absolute) | yes (qkv: flag) | none    |
-| llama     | rmsnorm   | swiglu, d->hidden->d  | rope               | none            | none    |
-| qwen3     | rmsnorm   | swiglu                | rope               | none            | head    |
-| qwen3_moe | rmsnorm   | moe (swiglu experts)  | rope               | none            | head    |
+| arch      | norm           | norm_placement | mlp                   | positions | bias            | qk_norm |
+| gpt2      | layernorm      | pre            | gelu (tanh), d->4d->d | learned   | yes (qkv: flag) | none    |
+| llama     | rmsnorm        | pre            | swiglu, d->hidden->d  | rope      | none            | none    |
+| qwen3     | rmsnorm        | pre            | swiglu                | rope      | none            | head    |
+| qwen3_moe | rmsnorm        | pre            | moe (swiglu experts)  | rope      | none            | head    |
+| gemma3    | rmsnorm_offset | sandwich       | geglu                 | rope      | none            | head    |
+| olmo3     | rmsnorm        | post           | swiglu                | rope      | none            | full    |
+(Gemma 3 also scales its embeddings by sqrt(emb_dim); sliding windows are fields of their own.)
 
 The model code reads only the components, never `arch`; `arch` names the family (`models/families/`), which
 holds everything else that differs. Presets are plain data in the family files; `get_config` accepts a

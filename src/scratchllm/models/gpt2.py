@@ -1,4 +1,4 @@
-"""GPT-2's own pieces (book ch. 4): LayerNorm, GELU, the feed-forward block, and the GPT-2 presets.
+"""GPT-2's own pieces (book ch. 4): LayerNorm, GELU and the feed-forward block (presets: `families/gpt2.py`).
 
 The transformer skeleton they plug into is shared with Llama (`transformer.py`). These are the
 production modules: they call PyTorch's fused kernels (`F.layer_norm`, `F.gelu(approximate="tanh")`),

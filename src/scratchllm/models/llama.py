@@ -1,4 +1,4 @@
-"""Llama's own pieces: RMSNorm and the SwiGLU feed-forward (the presets are in `presets.py`).
+"""Llama's own pieces: RMSNorm and the SwiGLU feed-forward (the presets are in `families/llama.py`).
 
 Rotary position embeddings are in `rope.py` and grouped-query attention in `attention.py`, because the
 shared attention module uses them; the transformer skeleton is shared with GPT-2 (`transformer.py`).

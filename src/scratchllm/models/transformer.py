@@ -1,11 +1,12 @@
-"""The transformer both architectures share: pre-norm blocks with shortcuts, embeddings, output head.
+"""The transformer every family shares: blocks with shortcuts, embeddings, output head.
 
-GPT-2 (book ch. 4) and Llama differ only in the components their `ModelConfig` names: the norm
-(LayerNorm / RMSNorm), the feed-forward (GELU MLP / SwiGLU) and how positions enter (a learned table
-added to the token embeddings / rotary embeddings inside attention). Everything else, the block
-skeleton, the attention core, the KV cache and the output head, is one code path.
+GPT-2 (book ch. 4), Llama, Qwen3, Gemma 3 and Olmo 3 differ only in the components their `ModelConfig`
+names: the norm (LayerNorm / RMSNorm / (1 + w) RMSNorm) and where it sits (before, around or after each
+sublayer), the feed-forward (GELU MLP / SwiGLU / GeGLU / experts), how positions enter (a learned table
+added to the token embeddings / rotary embeddings inside attention), QK-norm, sliding windows. Everything
+else, the block skeleton, the attention core, the KV cache and the output head, is one code path.
 
-A token's path: id -> token embedding (+ position embedding for GPT-2) -> dropout -> n_layers x
+A token's path (pre-norm): id -> token embedding (+ position embedding for GPT-2) -> dropout -> n_layers x
 [x + attn(norm1(x)), x + ff(norm2(x))] -> final norm -> output head -> logits over the vocabulary.
 """
 
