@@ -100,3 +100,12 @@ def test_family_lora_fine_tune_exports_and_serves(arch, style, data_file, tmp_pa
                 {"role": "user", "content": ex.record["instruction"]}])  # fmt: skip
             assert reply.choices[0].message.content == ex.response
             assert reply.choices[0].finish_reason == "stop"
+        if style == "qwen3":  # the thinking switch, as vLLM takes it; a template argument we lack is a 400
+            message = [{"role": "user", "content": train[0].record["instruction"]}]
+            direct = client.chat.completions.create(model="run", max_tokens=1, messages=message,
+                                                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+            prompt = STYLES["qwen3"].render(message, thinking=False)
+            assert direct.usage.prompt_tokens == len(loaded.tokenizer.encode(prompt, allowed_special="all"))
+            with pytest.raises(openai.BadRequestError, match="tools"):
+                client.chat.completions.create(model="run", max_tokens=1, messages=message,
+                                               extra_body={"chat_template_kwargs": {"tools": []}})

@@ -211,7 +211,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             raise ApiError(400, "this model has no chat template, so chat requests cannot be rendered; use "
                                 "/v1/completions, or start the server with --template", "messages",
                            "no_chat_template")  # fmt: skip
-        ids = encode(settings.template.render(turns))
+        ids = encode(settings.template.render(turns, protocol.thinking(body)))
         parsed = protocol.parse_settings(body, ids, chat=True, max_seq_len=engine.max_seq_len,
                                          max_tokens_limit=settings.max_tokens, stop_ids=stop_ids,
                                          extra_stops=settings.template.stop_strings)  # fmt: skip

@@ -68,6 +68,24 @@ class Parsed:
     logprobs: int | None
 
 
+def thinking(body: dict) -> bool:
+    """`chat_template_kwargs: {"enable_thinking": false}` (vLLM's and SGLang's field): a reasoning model (the
+    qwen3 style) answers without thinking first. Other template arguments are refused, not ignored."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return True
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    unknown = sorted(set(kwargs) - {"enable_thinking"})
+    if unknown:
+        raise ApiError(400, f"chat_template_kwargs {unknown[0]!r} is not supported (only enable_thinking)",
+                       "chat_template_kwargs")  # fmt: skip
+    value = kwargs.get("enable_thinking", True)
+    if not isinstance(value, bool):
+        raise ApiError(400, "'enable_thinking' must be true or false", "chat_template_kwargs")
+    return value
+
+
 def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: int, max_tokens_limit: int,
                    stop_ids: tuple[int, ...], extra_stops: tuple[str, ...] = ()) -> Parsed:  # fmt: skip
     """Validate the sampling fields of a completions or chat request (see the module docstring)."""
