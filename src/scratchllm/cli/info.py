@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         for name in list_presets():
             c = get_config(name)
-            print(f"{name:16s} {c.arch:6s} {_human(model_stats(c).params):>10s} params  context {c.context_length}")
+            print(f"{name:16s} {c.arch:9s} {_human(model_stats(c).params):>10s} params  context {c.context_length}")
         return 0
     from pathlib import Path
 
@@ -45,8 +45,15 @@ def run(args: argparse.Namespace) -> int:
     s = model_stats(config, args.seq_len)
     print(f"model            {config.name} ({config.arch})")
     print(f"layers/heads/d   {config.n_layers} / {config.n_heads} (kv {config.n_kv_heads}) / {config.emb_dim}")
-    print(f"context, vocab   {config.context_length:,}, {config.vocab_size:,}")
+    print(f"context, vocab   {config.context_length:,}, {config.vocab_size:,} ({config.family.tokenizer_kind})")
+    windows = [config.window(i) for i in range(config.n_layers)]
+    if any(windows):
+        print(f"attention        {sum(w is not None for w in windows)} of {config.n_layers} layers local "
+              f"(window {config.sliding_window}; their KV cache holds only the window)")
     print(f"parameters       {s.params:,}")
+    if config.mlp == "moe":
+        print(f"  experts        {config.n_experts} per layer, {config.n_experts_active} active per token: "
+              f"{_human(s.matmul_flops_per_token / 2)} parameters in use per token (embedding aside)")
     marks = ("", "  <- this model") if config.tie_embeddings else ("  <- this model", "")
     print(f"  untied head    {s.params_untied:,}{marks[0]}")
     print(f"  tied head      {s.params_tied:,}{marks[1]}  (head shares the token embedding, as in GPT-2's weights)")
