@@ -165,14 +165,15 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     assert "use `scratchllm classify`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("trainable", ["last-block", "lora"])
-def test_classification_resume_is_exact(tmp_path, trainable):
+@pytest.mark.parametrize("trainable,checkpoint", [("last-block", "gpt-tiny"), ("lora", "gpt-tiny"),
+                                                   ("lora", "qwen3-moe-tiny"), ("last-block", "gemma3-tiny")])
+def test_classification_resume_is_exact(tmp_path, trainable, checkpoint):
     from scratchllm.training.classify import finetune_classifier
     from scratchllm.training.config import ClassifyConfig
     from scratchllm.training.state import list_checkpoints
 
     def cfg(out):
-        return ClassifyConfig(checkpoint="gpt-tiny", data=str(shared_file(SPAM)), text_column="1", label_column="0",
+        return ClassifyConfig(checkpoint=checkpoint, data=str(shared_file(SPAM)), text_column="1", label_column="0",
                               trainable=trainable, lora_rank=4, epochs=None, max_steps=6, lr=1e-3, save_every=3,
                               eval_every=3, eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
                               progress=False)  # fmt: skip

@@ -110,3 +110,16 @@ def test_the_runs_splits_are_the_books(tmp_path, monkeypatch):
     for name, part in expected.items():
         want = dpo.encode_pairs(part, get_style("alpaca"), tokenizer, str(path))
         assert len(seen[name]) == len(want) and seen[name][0] == want[0] and seen[name][-1] == want[-1], name
+
+
+@pytest.mark.parametrize("checkpoint", ["qwen3-moe-tiny", "gemma3-tiny"])
+def test_dpo_with_lora_on_a_mixture_of_experts_and_a_sliding_window_model(pref_file, tmp_path, checkpoint):
+    """The same runner on the later families: LoRA on attention (experts are not Linear layers), the reference
+    being the model with its adapters off; its margin rises as GPT-2's does."""
+    cfg = DPOConfig(checkpoint=checkpoint, data=str(pref_file), style="alpaca", out_dir=str(tmp_path / "run"),
+                    batch_size=4, epochs=None, max_steps=20, lr=3e-3, min_lr=1e-4, eval_every=20, eval_batches=1,
+                    progress=False, lora=True, lora_rank=4, lora_targets="qkv,proj")  # fmt: skip
+    result = finetune_dpo(cfg)
+    first, last = result.evals[0], result.evals[-1]
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert last["train_reward_margin"] > 0.2
