@@ -44,6 +44,9 @@ def reference(served, gpt2_tokenizer, prompt: str, n: int, stop=()) -> str:
 
 def test_models_and_health(served, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
     assert httpx.get(served.url + "/health").json()["status"] == "ok"
 
 
@@ -263,3 +266,51 @@ def test_a_full_queue_answers_429_and_the_server_recovers(gpt2_tokenizer):
         waiting.join(timeout=60)  # the closed stream was cancelled, so the waiting request ran
         ok = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_echo_scores_the_prompt_as_transformers_does(served, client, gpt2_tokenizer):
+    """lm-eval's loglikelihood request (echo, logprobs, max_tokens 0 or 1): each prompt token's logprob is
+    transformers' log-softmax of the same weights at the position before it, the first one null."""
+    import torch
+    import transformers
+
+    from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+
+    model = served.engine.model
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(model.config))).eval()
+    hf.load_state_dict(state_dict_to_hf(model.state_dict(), model.config), strict=False)
+    prompt = "The quick brown fox jumps over the lazy dog"
+    ids = gpt2_tokenizer.encode(prompt)
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+    for max_tokens in (0, 1):
+        reply = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=max_tokens,
+                                          temperature=0)  # fmt: skip
+        choice = reply.choices[0]
+        assert choice.text.startswith(prompt) and len(choice.logprobs.tokens) == len(ids) + max_tokens
+        assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
+        got = choice.logprobs.token_logprobs[1 : len(ids)]
+        assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
+        top = choice.logprobs.top_logprobs[1]
+        best = logp[0].topk(2)
+        assert list(top.values()) == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert reply.usage.completion_tokens == max_tokens
+    assert choice.text == prompt + reference(served, gpt2_tokenizer, prompt, 1)
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=1, stream=True)
+
+
+def test_a_list_of_prompts_equals_single_requests(served, client, gpt2_tokenizer):
+    prompts = ["Every effort moves you", "Hello", "The sky is"]
+    batch = client.completions.create(model=MODEL, prompt=prompts, max_tokens=8, temperature=0)
+    assert [c.index for c in batch.choices] == [0, 1, 2]
+    for prompt, choice in zip(prompts, batch.choices):
+        assert choice.text == reference(served, gpt2_tokenizer, prompt, 8)
+    assert batch.usage.prompt_tokens == sum(len(gpt2_tokenizer.encode(p)) for p in prompts)
+    as_ids = client.completions.create(model=MODEL, prompt=[gpt2_tokenizer.encode(p) for p in prompts[:2]], n=2,
+                                       max_tokens=4, temperature=0)  # fmt: skip
+    assert [c.text for c in as_ids.choices] == [reference(served, gpt2_tokenizer, p, 4) for p in prompts[:2]
+                                                for _ in range(2)]  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="prompt"):
+        client.completions.create(model=MODEL, prompt=["ok", ""], max_tokens=2)

@@ -50,6 +50,9 @@ class GenerationConfig(SamplingConfig):
     overflow: str = "stop"  # when the cache row is full: "stop" or "slide" (re-prefill the last 3/4)
     prefill_chunk: int = 1024
     logprobs: int | None = None  # also report the chosen token's log-probability and this many alternatives
+    # also score the prompt: each prompt token's log-probability given the tokens before it (the first has
+    # none) and this many alternatives; with max_new_tokens 0 that is all the request does (lm-eval's echo)
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,8 +62,10 @@ class GenerationConfig(SamplingConfig):
             raise ScratchLLMError(f"overflow must be 'stop' or 'slide', got {self.overflow!r}")
         if self.prefill_chunk < 1:
             raise ScratchLLMError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise ScratchLLMError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 20:
+                raise ScratchLLMError(f"{name} must be between 0 and 20, got {value}")
 
 
 def end_of_text_ids(tokenizer) -> tuple[int, ...]:
@@ -135,6 +140,7 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     logprobs: list[TokenOut] = field(default_factory=list)
+    prompt_logprobs: list[TokenOut] = field(default_factory=list)  # with cfg.prompt_logprobs: one per prompt token
     finish_reason: str | None = None
     error: str | None = None
     cancelled: bool = False
@@ -315,6 +321,8 @@ class Engine:
             if request.cancelled:
                 self._finish(request, "cancelled")
             elif request.cfg.max_new_tokens == 0:
+                if request.cfg.prompt_logprobs is not None:  # scoring only: no cache row, one forward
+                    self._score_prompt(request, self.model(torch.tensor([request.prompt], device=self.device))[0])
                 self._finish(request, "length")
             else:
                 self.active.append(request)
@@ -325,13 +333,32 @@ class Engine:
         cache = self.cache.select(row, row + 1)
         chunk = request.cfg.prefill_chunk
         tokens = torch.tensor([ids], device=self.device)
+        scoring = request.cfg.prompt_logprobs is not None and not request.prompt_logprobs
+        every = []
         for s in range(0, len(ids), chunk):
-            logits = self.model(tokens[:, s : s + chunk], cache=cache, start=s, last_only=True)
+            logits = self.model(tokens[:, s : s + chunk], cache=cache, start=s, last_only=not scoring)
+            if scoring:
+                every.append(logits[0])
+        if scoring:
+            self._score_prompt(request, torch.cat(every))
         request._filled = len(ids)
         seconds = time.perf_counter() - start
         request.prefill_seconds += seconds
         self.stats.prefill_seconds += seconds
         self._emit([request], logits[:, -1])
+
+    def _score_prompt(self, request: Request, logits: torch.Tensor) -> None:
+        """Each prompt token's log-probability under the logits (T, vocab) of the positions before it."""
+        ids = torch.tensor(request.prompt[1:], device=logits.device)
+        logp = torch.log_softmax(logits[:-1].float(), dim=-1)
+        chosen = logp.gather(1, ids[:, None])[:, 0].tolist()
+        k = request.cfg.prompt_logprobs
+        top = logp.topk(k, dim=-1) if k else None
+        outs = [TokenOut(request.prompt[0], "")]
+        for t, token in enumerate(request.prompt[1:]):
+            alternatives = list(zip(top.indices[t].tolist(), top.values[t].tolist())) if top is not None else []
+            outs.append(TokenOut(token, "", chosen[t], alternatives))
+        request.prompt_logprobs = outs
 
     def _decode(self) -> None:
         for row, request in enumerate(self.active):  # a full row slides or stops before the step

@@ -170,12 +170,21 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         return {"status": "ok" if worker.accepting else "stopping", "running": len(engine.active),
                 "waiting": len(engine._waiting)}  # fmt: skip
 
+    card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
+            "max_model_len": engine.max_seq_len}  # fmt: skip
+
     @app.get("/v1/models")
     async def models(http: HttpRequest):
         check_key(http)
-        card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
-                "max_model_len": engine.max_seq_len}  # fmt: skip
         return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, http: HttpRequest):  # the client's models.retrieve
+        check_key(http)
+        if model_id != settings.model_name:
+            raise ApiError(404, f"the model '{model_id}' does not exist; this server has '{settings.model_name}'",
+                           "model", "model_not_found")  # fmt: skip
+        return card
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -184,20 +193,16 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(http: HttpRequest):
         body = await read_body(http)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-        if isinstance(prompt, str) and prompt:
-            ids = encode(prompt)
-        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-            ids = prompt
-            if min(ids) < 0 or max(ids) >= engine.model.config.vocab_size:
-                raise ApiError(400, f"token ids must be in [0, {engine.model.config.vocab_size})", "prompt")
-        else:
-            raise ApiError(400, "'prompt' must be a non-empty string or list of token ids (one prompt per request)",
-                           "prompt")  # fmt: skip
-        parsed = protocol.parse_settings(body, ids, chat=False, max_seq_len=engine.max_seq_len,
-                                         max_tokens_limit=settings.max_tokens, stop_ids=stop_ids)  # fmt: skip
+        vocab = engine.model.config.vocab_size
+        prompts = protocol.prompt_list(body.get("prompt"))
+        ids = [encode(p) if isinstance(p, str) else p for p in prompts]
+        for i, p in enumerate(ids):
+            if min(p) < 0 or max(p) >= vocab:
+                raise ApiError(400, f"prompt {i}: token ids must be in [0, {vocab})", "prompt")
+        parts = [protocol.parse_settings(body, p, chat=False, max_seq_len=engine.max_seq_len,
+                                         max_tokens_limit=settings.max_tokens, stop_ids=stop_ids)
+                 for p in ids]  # fmt: skip
+        parsed = protocol.merge(parts)
         return await respond(http, parsed, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -226,7 +231,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         try:
             for index, cfg in enumerate(parsed.configs):
                 listener = lambda r, out, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, r, out))  # noqa: E731
-                requests.append(engine.submit(parsed.prompt, cfg, listener))
+                requests.append(engine.submit(parsed.prompts[index], cfg, listener))
         except EngineBusy as e:
             for r in requests:
                 engine.cancel(r)
@@ -260,18 +265,19 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         choices = []
         for index, r in enumerate(requests):
             choice = {"index": index, "logprobs": None, "finish_reason": protocol.finish_reason(r)}
+            echoed = tokenizer.decode(parsed.prompts[index]) if parsed.echo else ""
             if parsed.logprobs is not None:
-                outs = r.logprobs
+                outs = r.prompt_logprobs + r.logprobs if parsed.echo else r.logprobs
                 choice["logprobs"] = (protocol.chat_logprobs(tokenizer, outs) if chat
                                       else protocol.completion_logprobs(tokenizer, outs))  # fmt: skip
             if chat:
                 choice["message"] = {"role": "assistant", "content": r.text}
             else:
-                choice["text"] = r.text
+                choice["text"] = echoed + r.text
             choices.append(choice)
         kind = "chat.completion" if chat else "text_completion"
         reply = protocol.envelope(kind, reply_id, settings.model_name, choices)
-        reply["usage"] = protocol.usage(len(parsed.prompt), requests)
+        reply["usage"] = protocol.usage(parsed.prompt_tokens, requests)
         return reply
 
     async def stream(queue, requests, parsed, chat, reply_id):
@@ -320,7 +326,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     yield event([choice(index, out.text, None, logprobs)])
             else:
                 if parsed.include_usage:
-                    yield event([], usage=protocol.usage(len(parsed.prompt), requests))
+                    yield event([], usage=protocol.usage(parsed.prompt_tokens, requests))
             yield "data: [DONE]\n\n"
         finally:
             for r in requests:

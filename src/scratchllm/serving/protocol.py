@@ -4,6 +4,10 @@ Kept apart from the HTTP layer (`serving.app`) so the rules can be read in one p
 - Honoured exactly: temperature (0 = greedy), top_p, max_tokens / max_completion_tokens, stop (a string
   or up to 4 strings; the stop text is not returned), seed, n, logprobs / top_logprobs (<= 20), and the
   common extensions vLLM also accepts (top_k, min_p, repetition_penalty).
+- Completions also take a list of prompts (strings or token-id lists; each gives n choices, in order) and
+  `echo` (the prompt returned before the completion, with each prompt token's logprob and top logprobs,
+  the first token's null as OpenAI's; `max_tokens: 0` scores the prompt alone): what lm-evaluation-harness
+  sends for loglikelihood tasks. `echo` with `stream` is refused.
 - A parameter we cannot honour is refused with a 400 naming it, never silently ignored (litgpt turns
   temperature 0 into 0.8 and drops max_tokens and stop; users cannot tell).
 - Defaults as OpenAI's: max_tokens 16 for completions, the rest of the context for chat.
@@ -25,8 +29,8 @@ MAX_N = 8
 MAX_STOP_STRINGS = 4
 FINISH_REASONS = {"stop_id": "stop", "stop_string": "stop", "length": "length", "context": "length"}
 # Accepted only at their neutral value: anything else would change the output in a way we do not implement.
-NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "echo": False, "best_of": 1, "suffix": None,
-           "tools": None, "functions": None, "logit_bias": None}  # fmt: skip
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "suffix": None, "tools": None,
+           "functions": None, "logit_bias": None}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -61,11 +65,13 @@ def _number(body: dict, name: str, default, low: float, high: float, integer: bo
 class Parsed:
     """A validated request: the prompt ids, settings per choice, and how to reply."""
 
-    prompt: list[int]
-    configs: list[GenerationConfig]  # one per choice (n); seeds differ per choice
+    prompts: list[list[int]]  # one per choice: n choices per prompt, prompts in order
+    configs: list[GenerationConfig]  # one per choice; seeds differ per choice
     stream: bool
     include_usage: bool
     logprobs: int | None
+    echo: bool = False
+    prompt_tokens: int = 0  # usage: every prompt's length once
 
 
 def thinking(body: dict) -> bool:
@@ -89,10 +95,13 @@ def thinking(body: dict) -> bool:
 def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: int, max_tokens_limit: int,
                    stop_ids: tuple[int, ...], extra_stops: tuple[str, ...] = ()) -> Parsed:  # fmt: skip
     """Validate the sampling fields of a completions or chat request (see the module docstring)."""
-    for name, neutral in NEUTRAL.items():
+    for name, neutral in {**NEUTRAL, **({"echo": False} if chat else {})}.items():
         value = body.get(name)
         if value is not None and value != neutral and value not in ({}, []):
             raise ApiError(400, f"'{name}' is not supported by this server (only {neutral!r})", name)
+    echo = body.get("echo") or False
+    if not isinstance(echo, bool):
+        raise ApiError(400, "'echo' must be true or false", "echo")
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise ApiError(400, "'response_format' other than text is not supported by this server", "response_format")
@@ -107,7 +116,7 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
         message = f"the prompt has {len(prompt)} tokens; this server's maximum context length is {max_seq_len} tokens"
         raise ApiError(400, message, "messages" if chat else "prompt", "context_length_exceeded")
     name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, name, None, 1, max_tokens_limit, integer=True)
+    max_tokens = _number(body, name, None, 0 if echo else 1, max_tokens_limit, integer=True)
     if max_tokens is None:
         max_tokens = min(room, max_tokens_limit) if chat else min(16, room)
     elif len(prompt) + max_tokens > max_seq_len:
@@ -133,6 +142,8 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", "stream")
+    if echo and stream:
+        raise ApiError(400, "'echo' is not supported with 'stream' by this server", "echo")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", "stream_options")
@@ -145,11 +156,33 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
         GenerationConfig(
             max_new_tokens=max_tokens, temperature=temperature, top_p=top_p if top_p < 1 else None, seed=
             None if seed is None else seed + i, stop_ids=stop_ids, stop_strings=tuple(stops) + extra_stops,
-            logprobs=logprobs, **extras,
+            logprobs=logprobs, prompt_logprobs=logprobs if echo else None, **extras,
         )  # fmt: skip
         for i in range(n)
     ]
-    return Parsed(prompt, configs, stream, bool(options.get("include_usage")), logprobs)
+    return Parsed([prompt] * n, configs, stream, bool(options.get("include_usage")), logprobs, echo, len(prompt))
+
+
+MAX_PROMPTS = 64
+
+
+def prompt_list(prompt: Any) -> list[str | list[int]]:
+    """`prompt` as a list of prompts: a string, a token-id list, or a list of either (at most MAX_PROMPTS)."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt)):
+        prompt = [prompt]
+    ok = lambda p: (isinstance(p, str) and p) or (isinstance(p, list) and p and all(type(t) is int for t in p))  # noqa: E731
+    if not isinstance(prompt, list) or not prompt or not all(ok(p) for p in prompt):
+        raise ApiError(400, "'prompt' must be a non-empty string, a list of token ids, or a list of either", "prompt")
+    if len(prompt) > MAX_PROMPTS:
+        raise ApiError(400, f"'prompt' takes at most {MAX_PROMPTS} prompts, got {len(prompt)}", "prompt")
+    return prompt
+
+
+def merge(parts: list[Parsed]) -> Parsed:
+    """The choices of several prompts' requests as one reply (a completions request with a list of prompts)."""
+    first = parts[0]
+    return Parsed([p for part in parts for p in part.prompts], [c for part in parts for c in part.configs],
+                  first.stream, first.include_usage, first.logprobs, first.echo, sum(p.prompt_tokens for p in parts))
 
 
 def new_id(prefix: str) -> str:
@@ -161,6 +194,7 @@ def finish_reason(request: Request) -> str:
 
 
 def usage(prompt_tokens: int, requests: list[Request]) -> dict:
+    """Token counts; `prompt_tokens` counts each prompt once, however many choices it has."""
     completion = sum(len(r.tokens) for r in requests)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
@@ -186,8 +220,9 @@ def completion_logprobs(tokenizer, outs: list[TokenOut], offset: int = 0) -> dic
     for out in outs:
         text = _token_text(tokenizer, out.token)[0]
         tokens.append(text)
-        logps.append(out.logprob)
-        tops.append({_token_text(tokenizer, t)[0]: lp for t, lp in out.top_logprobs or []})
+        logps.append(out.logprob)  # None for an echoed prompt's first token, as OpenAI's
+        top = {_token_text(tokenizer, t)[0]: lp for t, lp in out.top_logprobs or []}
+        tops.append(None if out.logprob is None else top)
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": logps, "top_logprobs": tops, "text_offset": offsets}
