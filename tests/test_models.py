@@ -247,8 +247,9 @@ def test_replace_rederives_widths():
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
 def test_packed_linear_keeps_values(preset):
-    """The engine's fp32 CPU rewrite (oneDNN-packed weights) through the one Linear-rewrite helper."""
-    from scratchllm.generation.packed import PackedLinear, pack_linear
+    """oneDNN-packed fp32 weights through the one Linear-rewrite helper give the same values; the engine's
+    rewrite (`pack_linear`) packs only fp32 layers where its measurement says packing is faster."""
+    from scratchllm.generation.packed import PackedLinear, pack_linear, packing_pays_off
     from scratchllm.models.linear import rewrite_linears
 
     torch.manual_seed(0)
@@ -257,9 +258,13 @@ def test_packed_linear_keeps_values(preset):
     with torch.no_grad():
         expected = model(idx)
         n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        assert rewrite_linears(model, pack_linear) == n_linear
+        assert rewrite_linears(model, lambda name, layer: PackedLinear(layer)) == n_linear
         assert isinstance(model.blocks[0].attn.qkv, PackedLinear) and isinstance(model.out_head, PackedLinear)
         assert torch.allclose(model(idx), expected, atol=1e-5)
+        small = torch.nn.Linear(64, 64)
+        assert pack_linear("x", small) is small  # under 1 MB: caches serve it, never packed
+        big = torch.nn.Linear(1024, 1024)
+        assert isinstance(pack_linear("x", big), PackedLinear) == packing_pays_off(big.weight)
         bf16 = build_model(preset).to(torch.bfloat16)
         rewrite_linears(bf16, pack_linear)
         assert type(bf16.blocks[0].attn.qkv) is torch.nn.Linear  # only fp32 is packed
