@@ -172,6 +172,19 @@ def test_stream_decoder_never_splits_characters(gpt2_tokenizer):
     assert out == "naïve 日本語" and decoder.stopped
 
 
+def test_stream_decoder_holds_back_only_what_could_start_a_stop_string(gpt2_tokenizer):
+    """Under alpaca's long stop strings, text that cannot begin one streams with its token; only a pending
+    end that matches a stop string's beginning waits, and is released once it cannot be one."""
+    stops = ("\n\n### Instruction:", "\n### Response:")
+    decoder = StreamDecoder(gpt2_tokenizer, stop_strings=stops)
+    assert decoder.push(gpt2_tokenizer.encode("Blue")[0]) == "Blue"  # nothing to wait for
+    held = [decoder.push(i) for i in gpt2_tokenizer.encode(" sky\n\n###")]
+    assert "".join(held) == " sky"  # "\n\n###" could still become "\n\n### Instruction:"
+    assert decoder.push(gpt2_tokenizer.encode(" Note")[0]) == "\n\n### Note"  # it could not: released
+    rest = [decoder.push(i) for i in gpt2_tokenizer.encode("\n### Response: x")]
+    assert "".join(rest) == "" and decoder.stopped
+
+
 def test_stream_text_equals_generate(gpt2_tokenizer):
     torch.manual_seed(0)
     model = build_model("gpt-tiny", vocab_size=50257).eval()

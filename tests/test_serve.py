@@ -314,3 +314,18 @@ def test_a_list_of_prompts_equals_single_requests(served, client, gpt2_tokenizer
                                                 for _ in range(2)]  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="prompt"):
         client.completions.create(model=MODEL, prompt=["ok", ""], max_tokens=2)
+
+
+def test_stream_sends_each_token_when_no_stop_string_could_be_starting(gpt2_tokenizer):
+    """Alpaca's stop strings are 15-20 characters; a reply's first chunk still carries its first token."""
+    alpaca = STYLES["alpaca"]
+    message = [{"role": "user", "content": "Name a color."}]
+    prompt_len = len(gpt2_tokenizer.encode(alpaca.render(message), allowed_special="all"))
+    words = ["Blue", " is", " calm", "."]
+    script = [gpt2_tokenizer.encode(w)[0] for w in words] + [50256]
+    engine = Engine(scripted_model(script, prompt_len), gpt2_tokenizer, max_batch=2)
+    with ServerThread(engine, Settings(MODEL, alpaca)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        chunks = client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0)
+        contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert contents == words  # one chunk per token, none held back

@@ -77,8 +77,10 @@ def end_of_text_ids(tokenizer) -> tuple[int, ...]:
 class StreamDecoder:
     """Incremental token -> text decoding that never emits half of a multi-byte UTF-8 character.
 
-    Text that could be the beginning of a stop string is held back until it is known not to be one;
-    `stopped` turns True once a stop string has appeared (the text before it has then been emitted).
+    Text that could be the beginning of a stop string is held back until it is known not to be one: only
+    the longest end of the pending text that is a prefix of some stop string waits, so a reply streams token
+    by token even under a template whose stop strings are long (alpaca's 18 characters); `stopped` turns
+    True once a stop string has appeared (the text before it has then been emitted).
     """
 
     def __init__(self, tokenizer, stop_strings: tuple[str, ...] = ()):
@@ -86,7 +88,6 @@ class StreamDecoder:
         self.stop_strings = stop_strings
         self._bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
-        self._hold = max((len(s) - 1 for s in stop_strings), default=0)
         self.stopped = False
 
     def push(self, token: int) -> str:
@@ -98,11 +99,19 @@ class StreamDecoder:
             cut = min(self._pending.find(s) for s in self.stop_strings if s in self._pending)
             out, self._pending = self._pending[:cut], ""
             return out
-        cut = len(self._pending) - self._hold
-        if cut <= 0:
-            return ""
+        cut = len(self._pending) - self._held(self._pending)
         out, self._pending = self._pending[:cut], self._pending[cut:]
         return out
+
+    def _held(self, text: str) -> int:
+        """Length of the longest end of `text` that begins some stop string (0: nothing could be starting)."""
+        longest = 0
+        for stop in self.stop_strings:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
 
     def flush(self) -> str:
         if self.stopped:
