@@ -329,3 +329,24 @@ def test_stream_sends_each_token_when_no_stop_string_could_be_starting(gpt2_toke
         chunks = client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0)
         contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert contents == words  # one chunk per token, none held back
+
+
+def test_streamed_logprobs_come_with_their_text(gpt2_tokenizer):
+    """A token whose text is held back (a newline could begin alpaca's "\\n### Response:") sends its logprob
+    with the chunk that releases its text: every chunk's logprob tokens spell exactly its content."""
+    alpaca = STYLES["alpaca"]
+    message = [{"role": "user", "content": "Name a color."}]
+    prompt_len = len(gpt2_tokenizer.encode(alpaca.render(message), allowed_special="all"))
+    words = ["Blue", "\n", "sky", "."]
+    script = [gpt2_tokenizer.encode(w)[0] for w in words] + [50256]
+    engine = Engine(scripted_model(script, prompt_len), gpt2_tokenizer, max_batch=2)
+    with ServerThread(engine, Settings(MODEL, alpaca)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        chunks = list(client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0,
+                                                     logprobs=True, top_logprobs=1))  # fmt: skip
+    with_text = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
+    assert [c.delta.content for c in with_text] == ["Blue", "\nsky", "."]
+    for c in with_text:
+        assert "".join(t.token for t in c.logprobs.content) == c.delta.content
+    tokens = [t.token for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert tokens == [*words, "<|endoftext|>"]  # every sampled token once, the end-of-text id last

@@ -306,6 +306,17 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     yield event([choice(index, None, None, role=True)])
             pending = len(requests)
             offsets = [0] * len(requests)
+            # Each chunk carries the logprobs of the tokens whose text it carries: a token whose text is held
+            # back (a possible stop string's beginning) sends its logprobs with the text when it is released.
+            held: list[list] = [[] for _ in requests]
+
+            def logprobs_of(index: int):
+                outs, held[index] = held[index], []
+                if parsed.logprobs is None or not outs:
+                    return None
+                return (protocol.chat_logprobs(tokenizer, outs) if chat
+                        else protocol.completion_logprobs(tokenizer, outs, offsets[index]))  # fmt: skip
+
             while pending:
                 index, r, out = await queue.get()
                 if out is None:
@@ -315,15 +326,15 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                         break
                     if r.finish_reason == "cancelled":
                         break
+                    if held[index]:  # tokens with no text of their own (an end-of-text id, a stop string)
+                        yield event([choice(index, None, None, logprobs_of(index))])
                     yield event([choice(index, None, protocol.finish_reason(r))])
                     continue
-                logprobs = None
                 if parsed.logprobs is not None and out.token >= 0:
-                    logprobs = (protocol.chat_logprobs(tokenizer, [out]) if chat
-                                else protocol.completion_logprobs(tokenizer, [out], offsets[index]))  # fmt: skip
-                offsets[index] += len(out.text)
-                if out.text or logprobs is not None:
-                    yield event([choice(index, out.text, None, logprobs)])
+                    held[index].append(out)
+                if out.text:
+                    yield event([choice(index, out.text, None, logprobs_of(index))])
+                    offsets[index] += len(out.text)
             else:
                 if parsed.include_usage:
                     yield event([], usage=protocol.usage(parsed.prompt_tokens, requests))
