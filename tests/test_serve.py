@@ -109,7 +109,9 @@ def test_seed_n_and_logprobs(client):
      ({"prompt": "x", "presence_penalty": 1.0}, 400, "presence_penalty"),
      ({"prompt": "x", "logprobs": 21}, 400, "logprobs"), ({"prompt": "x", "top_p": 0}, 400, "top_p"),
      ({"prompt": "word " * 120, "max_tokens": 20}, 400, "max_tokens"),
-     ({"prompt": "x", "model": "other"}, 404, "model")],
+     ({"prompt": "x", "model": "other"}, 404, "model"), ({"prompt": "x", "max_token": 5}, 400, "max_token"),
+     ({"prompt": "x", "reasoning_effort": "low"}, 400, "reasoning_effort"),
+     ({"prompt": "x", "messages": []}, 400, "messages")],
 )  # fmt: skip
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, client, body, status, param):
     r = httpx.post(served.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
@@ -350,3 +352,16 @@ def test_streamed_logprobs_come_with_their_text(gpt2_tokenizer):
         assert "".join(t.token for t in c.logprobs.content) == c.delta.content
     tokens = [t.token for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert tokens == [*words, "<|endoftext|>"]  # every sampled token once, the end-of-text id last
+
+
+def test_fields_are_honoured_refused_or_bookkeeping(served, client):
+    """Bookkeeping fields are accepted; a field that would change the output and is not honoured is a 400."""
+    message = [{"role": "user", "content": "Hi"}]
+    ok = client.chat.completions.create(model=MODEL, messages=message, max_tokens=2, user="u1", store=False,
+                                        metadata={"run": "a"}, modalities=["text"], tool_choice="none")  # fmt: skip
+    assert ok.usage.completion_tokens == 2
+    for extra in ({"reasoning_effort": "low"}, {"prediction": {"type": "content", "content": "x"}},
+                  {"modalities": ["audio"]}, {"tool_choice": "auto"}, {"echo": True}):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=MODEL, messages=message, max_tokens=2, extra_body=extra)
+        assert e.value.body["param"] == next(iter(extra))

@@ -9,7 +9,8 @@ Kept apart from the HTTP layer (`serving.app`) so the rules can be read in one p
   the first token's null as OpenAI's; `max_tokens: 0` scores the prompt alone): what lm-evaluation-harness
   sends for loglikelihood tasks. `echo` with `stream` is refused.
 - A parameter we cannot honour is refused with a 400 naming it, never silently ignored (litgpt turns
-  temperature 0 into 0.8 and drops max_tokens and stop; users cannot tell).
+  temperature 0 into 0.8 and drops max_tokens and stop; users cannot tell): so is any field not listed in
+  `FIELDS_OF`, a typo included. `user`, `metadata` and `store` are accepted as bookkeeping.
 - Defaults as OpenAI's: max_tokens 16 for completions, the rest of the context for chat.
 - usage: prompt_tokens is the prompt's length; completion_tokens counts every sampled token, an
   end-of-text token included (as vLLM counts it).
@@ -30,7 +31,14 @@ MAX_STOP_STRINGS = 4
 FINISH_REASONS = {"stop_id": "stop", "stop_string": "stop", "length": "length", "context": "length"}
 # Accepted only at their neutral value: anything else would change the output in a way we do not implement.
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "suffix": None, "tools": None,
-           "functions": None, "logit_bias": None}  # fmt: skip
+           "functions": None, "logit_bias": None, "tool_choice": "none", "modalities": ["text"]}  # fmt: skip
+# Every field a request may carry; any other (reasoning_effort, prediction, audio, a typo such as max_token)
+# is a 400 naming it. `user`, `metadata` and `store` are bookkeeping that cannot change the output.
+FIELDS = {"model", "stream", "stream_options", "temperature", "top_p", "n", "seed", "stop", "max_tokens", "logprobs",
+          "top_k", "min_p", "repetition_penalty", "response_format", "user", "metadata", "store", *NEUTRAL}  # fmt: skip
+FIELDS_OF = {"completions": FIELDS | {"prompt", "echo"},
+             "chat": FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs",
+                               "parallel_tool_calls"}}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -95,6 +103,9 @@ def thinking(body: dict) -> bool:
 def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: int, max_tokens_limit: int,
                    stop_ids: tuple[int, ...], extra_stops: tuple[str, ...] = ()) -> Parsed:  # fmt: skip
     """Validate the sampling fields of a completions or chat request (see the module docstring)."""
+    unknown = sorted(set(body) - FIELDS_OF["chat" if chat else "completions"])
+    if unknown:
+        raise ApiError(400, f"'{unknown[0]}' is not supported by this server", unknown[0])
     for name, neutral in {**NEUTRAL, **({"echo": False} if chat else {})}.items():
         value = body.get(name)
         if value is not None and value != neutral and value not in ({}, []):
