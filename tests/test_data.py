@@ -28,6 +28,8 @@ def test_book_first_batch(gpt2_tokenizer, verdict_text):
     )
     x, y = next(iter(loader))
     assert x.shape == (8, 4) and torch.equal(x[1], torch.tensor([1807, 3619, 402, 271]))
+    with pytest.raises(ScratchLLMError, match="stride must be >= 1"):  # 0 is refused, not read as "the default"
+        create_dataloader(list(range(20)), max_length=4, stride=0)
 
 
 @pytest.mark.parametrize("n,length,stride", [(10, 4, 1), (10, 4, 4), (11, 4, 3), (5, 4, 1), (4, 4, 1), (100, 7, 5)])

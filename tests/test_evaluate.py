@@ -81,6 +81,10 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", "perplexity", "--checkpoint", str(tmp_path / "m"), "--data", str(VERDICT),
                  "--stride", "100"]) == 2  # fmt: skip
     assert "--stride must be between 1 and the context 64" in capsys.readouterr().err
+    for flag, message in (("--stride", "--stride must be between 1"), ("--context", "--context must be between 1")):
+        assert main(["evaluate", "perplexity", "--checkpoint", str(tmp_path / "m"), "--data", str(VERDICT), flag,
+                     "0"]) == 2  # 0 is refused, not taken as the default  # fmt: skip
+        assert message in capsys.readouterr().err
 
 
 def test_bits_per_byte_counts_utf8_bytes(tmp_path, capsys):

@@ -54,7 +54,7 @@ def create_dataloader(
     seed: int | None = None,
 ) -> DataLoader:
     """Book's `create_dataloader_v1` over already-tokenized ids; `stride` defaults to `max_length`."""
-    dataset = SlidingWindowDataset(token_ids, max_length, stride or max_length)
+    dataset = SlidingWindowDataset(token_ids, max_length, max_length if stride is None else stride)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(
         dataset,

@@ -66,8 +66,8 @@ def perplexity(model, ids: list[int], n_bytes: int, context: int | None = None, 
     from tqdm import tqdm
 
     limit = model.config.context_length
-    context = context or limit
-    stride = stride or context
+    context = limit if context is None else context  # 0 is an error below, not "the default"
+    stride = context if stride is None else stride
     if not 1 <= context <= limit:
         raise ScratchLLMError(f"--context must be between 1 and the model's context length {limit}, got {context}")
     if not 1 <= stride <= context:
