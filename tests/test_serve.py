@@ -318,34 +318,33 @@ def test_a_list_of_prompts_equals_single_requests(served, client, gpt2_tokenizer
         client.completions.create(model=MODEL, prompt=["ok", ""], max_tokens=2)
 
 
-def test_stream_sends_each_token_when_no_stop_string_could_be_starting(gpt2_tokenizer):
-    """Alpaca's stop strings are 15-20 characters; a reply's first chunk still carries its first token."""
+def _alpaca_stream(gpt2_tokenizer, words: list[str], **options) -> list:
+    """The chunks of a streamed chat reply that writes `words` (one token each, then end-of-text), served in the
+    alpaca style, whose stop strings are 15-20 characters long."""
     alpaca = STYLES["alpaca"]
     message = [{"role": "user", "content": "Name a color."}]
     prompt_len = len(gpt2_tokenizer.encode(alpaca.render(message), allowed_special="all"))
-    words = ["Blue", " is", " calm", "."]
     script = [gpt2_tokenizer.encode(w)[0] for w in words] + [50256]
     engine = Engine(scripted_model(script, prompt_len), gpt2_tokenizer, max_batch=2)
     with ServerThread(engine, Settings(MODEL, alpaca)) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
-        chunks = client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0)
-        contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        return list(client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0,
+                                                   **options))  # fmt: skip
+
+
+def test_stream_sends_each_token_when_no_stop_string_could_be_starting(gpt2_tokenizer):
+    """Alpaca's stop strings are 15-20 characters; a reply's first chunk still carries its first token."""
+    words = ["Blue", " is", " calm", "."]
+    chunks = _alpaca_stream(gpt2_tokenizer, words)
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert contents == words  # one chunk per token, none held back
 
 
 def test_streamed_logprobs_come_with_their_text(gpt2_tokenizer):
     """A token whose text is held back (a newline could begin alpaca's "\\n### Response:") sends its logprob
     with the chunk that releases its text: every chunk's logprob tokens spell exactly its content."""
-    alpaca = STYLES["alpaca"]
-    message = [{"role": "user", "content": "Name a color."}]
-    prompt_len = len(gpt2_tokenizer.encode(alpaca.render(message), allowed_special="all"))
     words = ["Blue", "\n", "sky", "."]
-    script = [gpt2_tokenizer.encode(w)[0] for w in words] + [50256]
-    engine = Engine(scripted_model(script, prompt_len), gpt2_tokenizer, max_batch=2)
-    with ServerThread(engine, Settings(MODEL, alpaca)) as server:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
-        chunks = list(client.chat.completions.create(model=MODEL, messages=message, stream=True, temperature=0,
-                                                     logprobs=True, top_logprobs=1))  # fmt: skip
+    chunks = _alpaca_stream(gpt2_tokenizer, words, logprobs=True, top_logprobs=1)
     with_text = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
     assert [c.delta.content for c in with_text] == ["Blue", "\nsky", "."]
     for c in with_text:
