@@ -15,8 +15,11 @@ One source of truth, below `data` (instruction fine-tuning formats its records w
 - `plain`: "User: ... / Assistant:" for base models.
 A style renders a conversation up to where the reply starts (`render`), formats an instruction record
 (`format_instruction`, the book's `format_input` plus the response marker), and carries a Jinja
-`chat_template` that makes transformers' `apply_chat_template(..., add_generation_prompt=True)` produce
-exactly `render`'s string (tests hold them equal), so an exported fine-tuned model keeps its format.
+`chat_template` that makes transformers' `apply_chat_template(..., add_generation_prompt=True)` (and
+llama.cpp, which reads it from a GGUF file) produce exactly `render`'s string (tests hold them equal), so an
+exported fine-tuned model keeps its format; `ollama_template` is the same in Go's template language, for
+Ollama. Go templates have no string functions, so two details are left out there: gemma's trimming of
+contents and qwen3's removal of earlier turns' reasoning (the thinking switch is Ollama's own).
 The style a model was fine-tuned with is saved in its run folder (`STYLE_FILE`) and used without flags.
 """
 
@@ -37,7 +40,8 @@ ROLES = ("system", "user", "assistant")
 class PromptStyle:
     name: str
     stop_strings: tuple[str, ...]  # text that ends a reply (besides the tokenizer's end-of-text ids)
-    chat_template: str  # Jinja, for HuggingFace tokenizer_config.json
+    chat_template: str  # Jinja, for HuggingFace tokenizer_config.json and GGUF files
+    ollama_template: str  # Go text/template over .Messages, for Ollama's Modelfile
 
     def render(self, messages: list[dict[str, str]], thinking: bool = True) -> str:
         """Messages ({"role": system|user|assistant, "content": ...}) -> the prompt, ending where the reply starts.
@@ -164,16 +168,50 @@ _TEMPLATES = {
     ),
 }
 
-STYLES = {
-    "alpaca": PromptStyle(
-        "alpaca", ("\n\n### Instruction:", "\n\n### Input:", "\n### Response:"), _TEMPLATES["alpaca"]
+# Ollama's Go templates (`{{-` trims the template text before it, so the layout here is for reading).
+_CHATML_GO = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+              "<|im_start|>assistant\n")  # fmt: skip
+_OLLAMA = {
+    "alpaca": (
+        '{{- if and .Messages (eq (index .Messages 0).Role "system") }}{{ (index .Messages 0).Content }}'
+        "{{- else }}" + ALPACA_HEADER + "{{- end }}"
+        '{{- range .Messages }}{{- if eq .Role "user" }}\n\n### Instruction:\n{{ .Content }}'
+        '{{- else if eq .Role "assistant" }}\n\n### Response:\n{{ .Content }}{{- end }}{{- end }}\n\n### Response:\n'
     ),
-    "phi3": PromptStyle("phi3", ("\n<|user|>", "<|assistant|>:"), _TEMPLATES["phi3"]),
-    "chatml": PromptStyle("chatml", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["chatml"]),
-    "llama3": PromptStyle("llama3", (), _TEMPLATES["llama3"]),  # ends at the <|eot_id|> stop id
-    "qwen3": PromptStyle("qwen3", ("<|im_end|>", "<|im_start|>"), _TEMPLATES["qwen3"]),
-    "gemma": PromptStyle("gemma", ("<end_of_turn>", "<start_of_turn>"), _TEMPLATES["gemma"]),
-    "plain": PromptStyle("plain", ("\nUser:",), _TEMPLATES["plain"]),
+    "phi3": (
+        "{{- range $i, $m := .Messages }}{{- if $i }}\n{{ end }}"
+        '{{- if eq $m.Role "assistant" }}<|assistant|>:\n{{ $m.Content }}'
+        "{{- else }}<|{{ $m.Role }}|>\n{{ $m.Content }}{{- end }}{{- end }}\n<|assistant|>:\n"
+    ),
+    "chatml": _CHATML_GO,
+    "llama3": (
+        "<|begin_of_text|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}"
+        "<|eot_id|>{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    "qwen3": _CHATML_GO,
+    "gemma": (
+        '<bos>{{- $system := "" }}{{- range $i, $m := .Messages }}'
+        '{{- if and (eq $i 0) (eq $m.Role "system") }}{{- $system = printf "%s\n\n" $m.Content }}'
+        '{{- else }}<start_of_turn>{{ if eq $m.Role "assistant" }}model{{ else }}{{ $m.Role }}{{ end }}\n'
+        '{{ $system }}{{ $system = "" }}{{ $m.Content }}<end_of_turn>\n{{ end }}{{- end }}<start_of_turn>model\n'
+    ),
+    "plain": (
+        '{{- range .Messages }}{{ if eq .Role "user" }}User{{ else if eq .Role "assistant" }}Assistant'
+        "{{ else }}System{{ end }}: {{ .Content }}\n{{ end }}Assistant:"
+    ),
+}
+
+STYLES = {
+    name: PromptStyle(name, stops, _TEMPLATES[name], _OLLAMA[name])
+    for name, stops in (
+        ("alpaca", ("\n\n### Instruction:", "\n\n### Input:", "\n### Response:")),
+        ("phi3", ("\n<|user|>", "<|assistant|>:")),
+        ("chatml", ("<|im_end|>", "<|im_start|>")),
+        ("llama3", ()),  # ends at the <|eot_id|> stop id
+        ("qwen3", ("<|im_end|>", "<|im_start|>")),
+        ("gemma", ("<end_of_turn>", "<start_of_turn>")),
+        ("plain", ("\nUser:",)),
+    )
 }
 
 

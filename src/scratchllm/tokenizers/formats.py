@@ -218,24 +218,33 @@ def load_tokenizer(spec: str | Path) -> BPETokenizer:
     )
 
 
-def to_hf_tokenizer_json(tokenizer: BPETokenizer) -> dict:
-    """A HuggingFace `tokenizer.json` that encodes exactly like `tokenizer` (for `convert --to hf`).
-
-    HF's BPE applies merges by priority, so every way of splitting a token into two vocabulary tokens is
-    listed as a merge, ordered by the merged token's rank: the lowest-rank token that can form is always
-    formed first, which is precisely the rank rule our encoder follows.
-    """
+def byte_level_text(token: bytes) -> str:
+    """A token's bytes as GPT-2's printable characters: how tokenizer.json and GGUF files store it."""
     to_unicode = bytes_to_unicode()
+    return "".join(to_unicode[b] for b in token)
 
-    def text(token: bytes) -> str:
-        return "".join(to_unicode[b] for b in token)
 
+def bpe_merges(tokenizer: BPETokenizer) -> list[tuple[bytes, bytes]]:
+    """A merges list that encodes exactly like our rank rule, for readers that apply merges by priority
+    (HF `tokenizers`, llama.cpp).
+
+    Every way of splitting a token into two vocabulary tokens is listed, ordered by the merged token's rank:
+    the lowest-rank token that can form is always formed first, which is precisely the rank rule.
+    """
+    ranks = tokenizer.ranks
     merges = []
-    for token, _ in sorted(tokenizer.ranks.items(), key=lambda kv: kv[1]):
+    for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]):
         splits = [(token[:i], token[i:]) for i in range(1, len(token))]
-        splits = [(a, b) for a, b in splits if a in tokenizer.ranks and b in tokenizer.ranks]
-        splits.sort(key=lambda ab: (tokenizer.ranks[ab[0]], tokenizer.ranks[ab[1]]))
-        merges.extend([text(a), text(b)] for a, b in splits)
+        splits = [(a, b) for a, b in splits if a in ranks and b in ranks]
+        splits.sort(key=lambda ab: (ranks[ab[0]], ranks[ab[1]]))
+        merges.extend(splits)
+    return merges
+
+
+def to_hf_tokenizer_json(tokenizer: BPETokenizer) -> dict:
+    """A HuggingFace `tokenizer.json` that encodes exactly like `tokenizer` (for `convert --to hf`)."""
+    text = byte_level_text
+    merges = [[text(a), text(b)] for a, b in bpe_merges(tokenizer)]
     flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
     specials = [
         {"id": i, "content": s, **flags} for s, i in sorted(tokenizer.special_tokens.items(), key=lambda kv: kv[1])

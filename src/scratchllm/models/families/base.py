@@ -44,6 +44,7 @@ class Family:
     hf_sentencepiece_class: ClassVar[str] = "LlamaTokenizer"  # transformers' class for a tokenizer.model
     peft_fan_in_fan_out: ClassVar[bool] = False  # HF stores its Linear weights transposed (GPT-2's Conv1D)
     ignorable: ClassVar[tuple[str, ...]] = ()  # tensor-name endings in HF files that hold no weights
+    gguf_arch: ClassVar[str | None] = None  # llama.cpp's name for the architecture; None: it has none
 
     # -- configs ---------------------------------------------------------------------------------------------
     def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +67,16 @@ class Family:
 
     def tensors_to_hf(self, sd: Tensors, config) -> Tensors:
         raise NotImplementedError
+
+    # -- GGUF (llama.cpp) -------------------------------------------------------------------------------------
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        """The architecture's GGUF keys (without the `ARCH.` prefix) -> value; ints are written as uint32,
+        floats as float32."""
+        raise ScratchLLMError(f"convert --to gguf: llama.cpp has no architecture for the {self.name} family")
+
+    def gguf_tensors(self, sd: Tensors, config) -> Tensors:
+        """Our state dict -> llama.cpp's tensor names, each (out, in) like ours; 1-D tensors stay 1-D."""
+        raise ScratchLLMError(f"convert --to gguf: llama.cpp has no architecture for the {self.name} family")
 
     # -- PEFT ------------------------------------------------------------------------------------------------
     def peft_modules(self, name: str, a, b, rank: int, splits: tuple[int, ...]) -> list[tuple[str, Any, Any, int]]:
@@ -148,6 +159,79 @@ class LlamaLayout(Family):
         if rest not in self.peft_names:
             raise ScratchLLMError(f"PEFT export: no HuggingFace module for LoRA layer {name!r}")
         return [(prefix + self.peft_names[rest], a, b, rank)]
+
+    # -- GGUF: llama.cpp's names for the same layout ---------------------------------------------------------
+    # ours (inside blocks.N.) -> llama.cpp's (inside blk.N.); q|k|v and experts are split apart below
+    gguf_pairs: ClassVar[dict[str, str]] = {
+        "norm1.weight": "attn_norm.weight", "norm2.weight": "ffn_norm.weight",
+        "attn.proj.weight": "attn_output.weight", "ff.gate.weight": "ffn_gate.weight",
+        "ff.up.weight": "ffn_up.weight", "ff.down.weight": "ffn_down.weight",
+        "attn.q_norm.weight": "attn_q_norm.weight", "attn.k_norm.weight": "attn_k_norm.weight",
+        "post_attn_norm.weight": "post_attention_norm.weight", "post_ff_norm.weight": "post_ffw_norm.weight",
+        "ff.router.weight": "ffn_gate_inp.weight",
+    }  # fmt: skip
+    # llama.cpp's `llama` rotates neighbouring feature pairs (Meta's layout); its other architectures rotate
+    # halves, as we do
+    gguf_interleaved_rope: ClassVar[bool] = False
+
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        if self.gguf_arch is None:
+            return super().gguf_hparams(config)
+        self.check_exportable(config)
+        hp = {
+            "context_length": config.context_length, "embedding_length": config.emb_dim,
+            "block_count": config.n_layers, "feed_forward_length": config.hidden_dim,
+            "attention.head_count": config.n_heads, "attention.head_count_kv": config.n_kv_heads,
+            "attention.key_length": config.head_dim, "attention.value_length": config.head_dim,
+            "attention.layer_norm_rms_epsilon": config.norm_eps, "rope.dimension_count": config.head_dim,
+            "rope.freq_base": config.rope_base, "vocab_size": config.vocab_size,
+        }  # fmt: skip
+        scaling = config.rope_scaling or {}
+        if scaling.get("rope_type") == "linear":
+            hp.update({"rope.scaling.type": "linear", "rope.scaling.factor": scaling["factor"]})
+        if config.sliding_window is not None:
+            hp["attention.sliding_window"] = config.sliding_window
+        if config.n_experts:
+            hp.update({"expert_count": config.n_experts, "expert_used_count": config.n_experts_active,
+                       "expert_feed_forward_length": config.expert_hidden_dim})  # fmt: skip
+        return hp
+
+    def gguf_tensors(self, sd: Tensors, config) -> Tensors:
+        import torch
+
+        if self.gguf_arch is None:
+            return super().gguf_tensors(sd, config)
+        q_size, kv_size = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        out: Tensors = {"token_embd.weight": sd["tok_emb.weight"]}
+        for i in range(config.n_layers):
+            b, g = f"blocks.{i}.", f"blk.{i}."
+            q, k, v = sd[b + "attn.qkv.weight"].split([q_size, kv_size, kv_size])
+            if self.gguf_interleaved_rope:
+                q, k = _interleave_rope(q, config.n_heads), _interleave_rope(k, config.n_kv_heads)
+            out.update({g + "attn_q.weight": q, g + "attn_k.weight": k, g + "attn_v.weight": v})
+            if b + "ff.gate_up" in sd:  # experts: (E, 2H, d) gate|up, (E, d, H) down
+                gate, up = sd[b + "ff.gate_up"].chunk(2, dim=1)
+                out.update({g + "ffn_gate_exps.weight": gate, g + "ffn_up_exps.weight": up,
+                            g + "ffn_down_exps.weight": sd[b + "ff.down"]})  # fmt: skip
+            for name, tensor in sd.items():
+                if not name.startswith(b) or name[len(b) :] in ("attn.qkv.weight", "ff.gate_up", "ff.down"):
+                    continue
+                theirs = self.gguf_pairs.get(name[len(b) :])
+                if theirs is None:
+                    raise ScratchLLMError(f"convert --to gguf: llama.cpp's {self.gguf_arch} has no tensor for {name!r}")
+                out[g + theirs] = tensor
+        out["output_norm.weight"] = sd["final_norm.weight"]
+        if not config.tie_embeddings:  # llama.cpp reuses token_embd when `output` is absent
+            out["output.weight"] = sd["out_head.weight"]
+        scaling = config.rope_scaling or {}
+        if scaling.get("rope_type") == "llama3":  # llama.cpp divides each frequency by its factor
+            from scratchllm.models.rope import inverse_frequencies, llama3_scaled_frequencies
+
+            plain = inverse_frequencies(config.head_dim, config.rope_base)
+            out["rope_freqs.weight"] = plain / llama3_scaled_frequencies(plain, scaling)
+        if config.norm == "rmsnorm_offset":  # Gemma scales by (1 + w); llama.cpp by w
+            out = {k: v + 1.0 if k.endswith("norm.weight") else v for k, v in out.items()}
+        return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
     # -- config.json fields every Llama-layout family shares --------------------------------------------------
     @staticmethod
@@ -270,6 +354,13 @@ def _check_unused(sd: Tensors, used: set[str], ignorable: tuple[str, ...] = ()) 
     extra = sorted(k for k in sd if k not in used and not k.endswith(ignorable))
     if extra:
         raise ScratchLLMError(f"checkpoint has unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all)")
+
+
+def _interleave_rope(w, n_heads: int):
+    """Rows of a q or k projection from rotate-half order (feature i pairs with i + d/2) to llama.cpp's
+    neighbouring pairs (2i with 2i + 1), head by head."""
+    rows, cols = w.shape
+    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
 def _block_part(name: str) -> tuple[str, str]:

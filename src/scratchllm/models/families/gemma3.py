@@ -34,6 +34,7 @@ class Gemma3(LlamaLayout):
     chat_style = "gemma"
     tokenizer_kind = "SentencePiece BPE with byte fallback"
     hf_sentencepiece_class = "GemmaTokenizer"
+    gguf_arch = "gemma3"
     pairs = {
         **LlamaLayout.pairs, "norm2.weight": "pre_feedforward_layernorm.weight",
         "post_attn_norm.weight": "post_attention_layernorm.weight",
@@ -73,6 +74,19 @@ class Gemma3(LlamaLayout):
         scalar = config.head_dim if config.attn_scale is None else config.attn_scale**-2
         return {**hf, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": scalar,
                 "final_logit_softcapping": None, "attn_logit_softcapping": None}  # fmt: skip
+
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        """llama.cpp's gemma3 fixes what our config leaves open: 1 global layer in 6, RoPE base 10,000 in the
+        local ones, attention scaled by head_dim^-1/2; a model that differs is refused, not mis-run."""
+        local_base = config.rope_local_base if config.rope_local_base is not None else config.rope_base
+        if config.sliding_window is None or config.global_every != 6 or local_base != 10000.0:
+            raise ScratchLLMError(f"convert --to gguf: llama.cpp's gemma3 needs sliding windows with every 6th layer "
+                                  f"global and local RoPE base 10000; model {config.name!r} has global_every="
+                                  f"{config.global_every}, local base {local_base}")  # fmt: skip
+        if config.attn_scale is not None and abs(config.attn_scale - config.head_dim**-0.5) > 1e-9:
+            raise ScratchLLMError(f"convert --to gguf: llama.cpp's gemma3 scales attention by head_dim^-1/2; model "
+                                  f"{config.name!r} uses {config.attn_scale}")  # fmt: skip
+        return super().gguf_hparams(config)
 
 
 FAMILY = Gemma3()

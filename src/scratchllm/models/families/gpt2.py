@@ -19,6 +19,9 @@ _GPT2 = {"arch": "gpt2", "vocab_size": 50257, "context_length": 1024, "qkv_bias"
 # (ours, theirs) per block; the matrices are Conv1D (transposed) in HF.
 _LINEARS = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("ff.fc1", "mlp.c_fc"), ("ff.fc2", "mlp.c_proj"))
 _NORMS = (("norm1", "ln_1"), ("norm2", "ln_2"))
+# (ours, llama.cpp's) per block, each with a weight and a bias
+_GGUF_LAYER = (("norm1", "attn_norm"), ("attn.qkv", "attn_qkv"), ("attn.proj", "attn_output"), ("norm2", "ffn_norm"),
+               ("ff.fc1", "ffn_up"), ("ff.fc2", "ffn_down"))  # fmt: skip
 
 
 class GPT2(Family):
@@ -27,6 +30,7 @@ class GPT2(Family):
     hf_architecture = "GPT2LMHeadModel"
     components = {"norm": "layernorm", "mlp": "gelu", "positions": "learned", "bias": True}
     peft_fan_in_fan_out = True
+    gguf_arch = "gpt2"
     ignorable = (".attn.bias", ".attn.masked_bias")
     presets = {
         "gpt2-small": {**_GPT2, "emb_dim": 768, "n_heads": 12, "n_layers": 12},
@@ -105,6 +109,33 @@ class GPT2(Family):
         if not config.tie_embeddings:
             out["lm_head.weight"] = sd["out_head.weight"]
         return out
+
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        self.check_exportable(config)
+        return {
+            "context_length": config.context_length, "embedding_length": config.emb_dim,
+            "feed_forward_length": config.hidden_dim, "block_count": config.n_layers,
+            "attention.head_count": config.n_heads, "attention.layer_norm_epsilon": config.norm_eps,
+            "vocab_size": config.vocab_size,
+        }  # fmt: skip
+
+    def gguf_tensors(self, sd, config):
+        """llama.cpp's gpt2 names; its matrices are (out, in) like ours, and its qkv always has a bias."""
+        import torch
+
+        out = {"token_embd.weight": sd["tok_emb.weight"], "position_embd.weight": sd["pos_emb.weight"],
+               "output_norm.weight": sd["final_norm.weight"], "output_norm.bias": sd["final_norm.bias"]}  # fmt: skip
+        for i in range(config.n_layers):
+            b, g = f"blocks.{i}.", f"blk.{i}."
+            for ours, theirs in _GGUF_LAYER:
+                for part in ("weight", "bias"):
+                    w = sd.get(f"{b}{ours}.{part}")
+                    if w is None:  # a qkv without bias
+                        w = torch.zeros(sd[f"{b}{ours}.weight"].shape[0])
+                    out[f"{g}{theirs}.{part}"] = w
+        if not config.tie_embeddings:
+            out["output.weight"] = sd["out_head.weight"]
+        return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
     def peft_modules(self, name, a, b, rank, splits):
         import torch

@@ -28,6 +28,8 @@ class Llama(LlamaLayout):
     hf_architecture = "LlamaForCausalLM"
     components = {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False}
     chat_style = "llama3"
+    gguf_arch = "llama"
+    gguf_interleaved_rope = True
     presets = {
         "llama2-7b": {"arch": "llama", "vocab_size": 32000, "context_length": 4096, "emb_dim": 4096, "n_heads": 32,
                       "n_layers": 32, "hidden_dim": 11008},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scratchllm.errors import ScratchLLMError
 from scratchllm.models.families.base import LlamaLayout
 
 
@@ -23,6 +24,7 @@ class Olmo3(LlamaLayout):
     components = {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False, "qk_norm": "full",
                   "norm_placement": "post"}  # fmt: skip
     chat_style = "chatml"
+    gguf_arch = "olmo2"  # llama.cpp reads Olmo 3 as Olmo 2 with sliding windows
     pairs = {
         "post_attn_norm.weight": "post_attention_layernorm.weight",
         "post_ff_norm.weight": "post_feedforward_layernorm.weight", "attn.proj.weight": "self_attn.o_proj.weight",
@@ -44,6 +46,12 @@ class Olmo3(LlamaLayout):
 
     def config_to_hf(self, config) -> dict[str, Any]:
         return self.common_to_hf(config)
+
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        if config.sliding_window is not None and config.global_every != 4:  # llama.cpp fixes 1 global in 4
+            raise ScratchLLMError(f"convert --to gguf: llama.cpp's olmo2 needs every 4th layer global; model "
+                                  f"{config.name!r} has global_every={config.global_every}")  # fmt: skip
+        return super().gguf_hparams(config)
 
 
 FAMILY = Olmo3()

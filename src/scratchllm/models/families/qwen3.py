@@ -32,6 +32,7 @@ class Qwen3(LlamaLayout):
     hf_architecture = "Qwen3ForCausalLM"
     components = {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False, "qk_norm": "head"}
     chat_style = "qwen3"
+    gguf_arch = "qwen3"
     pairs = {**LlamaLayout.pairs, "attn.q_norm.weight": "self_attn.q_norm.weight",
              "attn.k_norm.weight": "self_attn.k_norm.weight"}  # fmt: skip
     presets = {
@@ -77,6 +78,13 @@ class Qwen3Moe(Qwen3):
                            "n_experts_active": 2, "expert_hidden_dim": 32, "router_aux_loss_coef": 0.001},
     }  # fmt: skip
     hub_names = {"qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b-base": "Qwen/Qwen3-30B-A3B-Base"}
+    gguf_arch = "qwen3moe"
+
+    def gguf_hparams(self, config) -> dict[str, Any]:
+        if not config.norm_topk:  # llama.cpp's qwen3moe always renormalises the chosen experts' weights
+            raise ScratchLLMError(f"convert --to gguf: model {config.name!r} has norm_topk off, which llama.cpp's "
+                                  "qwen3moe cannot hold")  # fmt: skip
+        return super().gguf_hparams(config)
 
     def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
