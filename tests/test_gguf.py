@@ -8,11 +8,6 @@ are random models whose logits llama.cpp must reproduce.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-
 import gguf
 import llama_cpp
 import numpy as np
@@ -21,11 +16,9 @@ import torch
 
 from scratchllm.checkpoints.load import load_checkpoint
 from scratchllm.cli.main import main
-from scratchllm.errors import ScratchLLMError
 from scratchllm.models import Transformer
 from scratchllm.models.config import ModelConfig
 from scratchllm.models.families import PRESETS
-from scratchllm.prompts import STYLES
 from scratchllm.tokenizers.formats import from_hf_tokenizer_json, load_tokenizer
 from scratchllm.training.config import PretrainConfig
 from scratchllm.training.trainer import pretrain
@@ -36,12 +29,15 @@ from .hf_families import gemma_style_sentencepiece, qwen_style_tokenizer
 PROMPTS = ["I had always thought", "\"Mrs. Gisburn,\" he said", "The picture was"]
 HARD_TEXT = (
     "def f(x):\n    return {'a': x**2}  # ok?!\n\n\n   spaces\t\ttabs\r\n"
-    "emoji 🦙🎉👍🏽 中文字符 日本語のテキスト 한국어 naïve café — “DON'T” 1234567 3.14159 $100,000.00\n \n"
+    "emoji 🦙🎉👍🏽 中文字符 日本語のテキスト 한국어 naïve café — “DON'T”\n"
+    "1234567 3.14159 $100,000.00\n \n"
 )
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_context_length": 16}  # fmt: skip
-TWO_TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who painted it?"},
-             {"role": "assistant", "content": "Jack Gisburn."}, {"role": "user", "content": "Why did he stop?"}]  # fmt: skip
+TWO_TURNS = [
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who painted it?"},
+    {"role": "assistant", "content": "Jack Gisburn."}, {"role": "user", "content": "Why did he stop?"},
+]  # fmt: skip
 
 
 def open_llama(path, **kw) -> llama_cpp.Llama:
@@ -81,8 +77,9 @@ def runs(tmp_path_factory):
     """Trained small GPT-2 (GPT-2's pre-tokenizer) and Llama 3 (GPT-4's, RoPE scaling on) run folders."""
     root = tmp_path_factory.mktemp("gguf-runs")
     out = {}
-    for name, model, pattern, overrides in (("gpt2", "gpt-tiny", "gpt2", {}),
-                                            ("llama", "llama-tiny", "gpt4", {"rope_scaling": LLAMA3_SCALING})):  # fmt: skip
+    for name, model, pattern, overrides in (
+        ("gpt2", "gpt-tiny", "gpt2", {}), ("llama", "llama-tiny", "gpt4", {"rope_scaling": LLAMA3_SCALING})
+    ):
         cfg = PretrainConfig(model=model, model_overrides={"context_length": 64, **overrides}, data=str(VERDICT),
                              vocab_size=400, pattern=pattern, data_out=str(root / f"data-{name}"),
                              out_dir=str(root / name), max_steps=300, batch_size=8, lr=5e-3, min_lr=5e-4,
@@ -146,7 +143,8 @@ def test_the_reader_sees_every_tensor_with_its_shape_and_type(runs, tmp_path):
     tensors = {t.name: t for t in reader.tensors}
     expected = {"token_embd.weight", "output_norm.weight", "rope_freqs.weight"} | {
         f"blk.{i}.{n}.weight" for i in range(config.n_layers)
-        for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+        for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                  "ffn_down")
     }  # fmt: skip
     assert set(tensors) == expected  # tied head: llama.cpp reuses token_embd
     kv = config.n_kv_heads * config.head_dim

@@ -33,9 +33,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scratchllm.checkpoints.convert import to_hf, to_scratchllm
     from scratchllm.checkpoints.load import load_checkpoint
-    from scratchllm.files import claim_output_folder, refuse_overlap, replace_folder
-
     from scratchllm.errors import ScratchLLMError
+    from scratchllm.files import claim_output_folder, refuse_overlap, replace_folder
 
     if args.to == "gguf":
         if args.dtype:
