@@ -9,6 +9,9 @@ are random models whose logits llama.cpp must reproduce.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import gguf
 import llama_cpp
@@ -348,3 +351,87 @@ def test_what_llama_cpp_cannot_hold_is_refused_and_nothing_is_written(tmp_path, 
     assert snapshot(out) == {"m.Modelfile": b"mine"} and snapshot(source) == before
     export(source, out / "m.gguf", "q8_0", "--overwrite")
     assert (out / "m.Modelfile").read_text().startswith("# Written by scratchllm")
+
+
+# Ollama renders a Modelfile's TEMPLATE with Go's text/template over {Messages: [{Role, Content}]}; this
+# program does the same for the test (Ollama itself cannot be installed offline, Go can: CI installs it).
+GO_RENDERER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct{ Role, Content string }
+
+func main() {
+	var in struct {
+		Template string
+		Messages []Message
+	}
+	if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil {
+		panic(err)
+	}
+	t := template.Must(template.New("modelfile").Parse(in.Template))
+	if err := t.Execute(os.Stdout, map[string]any{"Messages": in.Messages}); err != nil {
+		panic(err)
+	}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory):
+    if shutil.which("go") is None:
+        reason = "Go (Debian's golang-go) is not installed: the Ollama templates are rendered with Go's text/template"
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI: {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("go")
+    (root / "main.go").write_text(GO_RENDERER)
+    env = {**os.environ, "GOCACHE": str(root / "cache"), "GOPATH": str(root / "path"), "GOFLAGS": "-mod=mod"}
+    subprocess.run(["go", "build", "-o", str(root / "render"), str(root / "main.go")], check=True, env=env, cwd=root)
+
+    def render(template: str, messages: list[dict]) -> str:
+        payload = json.dumps({"Template": template, "Messages": [{"Role": m["role"], "Content": m["content"]}
+                                                                 for m in messages]})  # fmt: skip
+        return subprocess.run([str(root / "render")], input=payload, capture_output=True, text=True, check=True).stdout
+
+    return render
+
+
+def modelfile_commands(text: str) -> list[tuple[str, str]]:
+    """(command, argument) pairs of a Modelfile, read by the rules of Ollama's parser: a bare argument runs
+    to the end of its line, a quoted one ("..." or \"\"\"...\"\"\") to its closing quotes, newlines included."""
+    commands, rest = [], text
+    while rest:
+        line, _, rest = rest.partition("\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, arg = line.partition(" ")
+        if name.upper() == "PARAMETER":
+            key, _, arg = arg.partition(" ")
+            name = f"PARAMETER {key}"
+        for quote in ('"""', '"'):
+            if arg.startswith(quote):
+                while not (len(arg) >= 2 * len(quote) and arg.endswith(quote)):
+                    more, _, rest = rest.partition("\n")
+                    arg += "\n" + more
+                arg = arg[len(quote) : -len(quote)]
+                break
+        commands.append((name.upper(), arg))
+    return commands
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_the_modelfile_template_renders_our_prompt_in_go(style, go_render):
+    from scratchllm.checkpoints.gguf import modelfile_text
+
+    commands = modelfile_commands(modelfile_text("m.gguf", STYLES[style], ("<|endoftext|>",)))
+    assert commands[0] == ("FROM", "./m.gguf")
+    template = dict(commands)["TEMPLATE"]
+    assert go_render(template, TWO_TURNS) == STYLES[style].render(TWO_TURNS)
+    assert go_render(template, TWO_TURNS[1:2]) == STYLES[style].render(TWO_TURNS[1:2])
+    stops = [arg for name, arg in commands if name == "PARAMETER STOP"]
+    assert stops == list(dict.fromkeys([*STYLES[style].stop_strings, "<|endoftext|>"]))

@@ -191,7 +191,7 @@ _OLLAMA = {
     "qwen3": _CHATML_GO,
     "gemma": (
         '<bos>{{- $system := "" }}{{- range $i, $m := .Messages }}'
-        '{{- if and (eq $i 0) (eq $m.Role "system") }}{{- $system = printf "%s\n\n" $m.Content }}'
+        '{{- if and (eq $i 0) (eq $m.Role "system") }}{{- $system = printf "%s\\n\\n" $m.Content }}'
         '{{- else }}<start_of_turn>{{ if eq $m.Role "assistant" }}model{{ else }}{{ $m.Role }}{{ end }}\n'
         '{{ $system }}{{ $system = "" }}{{ $m.Content }}<end_of_turn>\n{{ end }}{{- end }}<start_of_turn>model\n'
     ),

@@ -140,15 +140,17 @@ def modelfile_text(gguf_file: str, prompt_style=None, stop_texts: tuple[str, ...
     its stop strings, so `ollama create NAME -f FILE` is the only step left."""
     lines = ["# Written by scratchllm convert --to gguf; run: ollama create NAME -f THIS_FILE", f"FROM ./{gguf_file}"]
     if prompt_style is not None:
-        if '"""' in prompt_style.ollama_template:
-            raise ScratchLLMError(f"prompt style {prompt_style.name!r}: its Ollama template holds \"\"\"")
-        lines.append(f'TEMPLATE """{prompt_style.ollama_template}"""')
+        lines.append(f"TEMPLATE {_modelfile_value(prompt_style.ollama_template, always=True)}")
     stops = list(dict.fromkeys([*(prompt_style.stop_strings if prompt_style else ()), *stop_texts]))
-    lines += [f"PARAMETER stop {_json_string(s)}" for s in stops]
+    lines += [f"PARAMETER stop {_modelfile_value(s)}" for s in stops if s]
     return "\n".join(lines) + "\n"
 
 
-def _json_string(text: str) -> str:
-    import json
-
-    return json.dumps(text, ensure_ascii=False)
+def _modelfile_value(text: str, always: bool = False) -> str:
+    """A Modelfile argument as Ollama's parser reads it back: bare, or quoted when it holds a newline or
+    starts or ends with a space; triple quotes when it holds a quote (the parser knows no escapes)."""
+    if '"""' in text or "\t" in text:  # the parser would end the value early / drop the tab
+        raise ScratchLLMError(f"Ollama Modelfile: cannot write the value {text!r}")
+    if not (always or "\n" in text or text != text.strip(" ")):
+        return text
+    return f'"""{text}"""' if '"' in text else f'"{text}"'
