@@ -1,9 +1,11 @@
-"""Decode benchmark: our KV-cache generation vs transformers' `generate` vs the book's uncached loop.
+"""Decode benchmark: our KV-cache generation vs transformers' `generate`, llama.cpp and the book's uncached loop.
 
 Same process, same weights (gpt2-small by default, random init), batch 1, 2 threads, greedy, a 32-token
 prompt. Decode is memory-bound: every new token reads all weights once, so the script also measures this
 machine's memory bandwidth (a large tensor copy) and prints the bandwidth our decode achieves. A model with
 sliding-window layers (Gemma 3) also reports its KV-cache bytes at 8k context against a full cache.
+llama.cpp (llama-cpp-python, `make` builds it) decodes our own GGUF export of the same weights, 2 threads,
+in each precision beside ours: f32 / fp32, f16 and bf16 / our bf16, q8_0 / our int8, q4_0 / our int4.
 
     .venv/bin/python benchmarks/bench_generate.py [--model gpt2-small] [--new-tokens 256] [--dtypes fp32,bf16]
     .venv/bin/python benchmarks/bench_generate.py --model gemma-3-270m,qwen3-0.6b --dtypes fp32 --new-tokens 64
@@ -25,6 +27,7 @@ def main() -> None:
     p.add_argument("--uncached-tokens", type=int, default=None, help="tokens for the slow uncached loop (default: all)")
     p.add_argument("--dtypes", default=None, help="comma-separated (default: fp32, plus bf16 where it is native)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile decode measurement")
+    p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     args = p.parse_args()
     args.uncached_tokens = args.uncached_tokens or args.new_tokens
     torch.set_num_threads(2)
@@ -41,7 +44,59 @@ def main() -> None:
             f"\nmemory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {name}, batch 1, greedy, "
             f"prompt {args.prompt_len}, {args.new_tokens} new tokens"
         )
-        bench_model(argparse.Namespace(**{**vars(args), "model": name}), dtypes, bandwidth)
+        ours = bench_model(argparse.Namespace(**{**vars(args), "model": name}), dtypes, bandwidth)
+        if not args.no_llama_cpp:
+            bench_llama_cpp(argparse.Namespace(**{**vars(args), "model": name}), ours, bandwidth)
+
+
+def llama_cpp_decode(path, prompt: list[int], new_tokens: int) -> tuple[float, list[int]]:
+    """llama.cpp's greedy decode speed (tokens/s after the prompt) and tokens, 2 threads, batch 1."""
+    import llama_cpp
+    import numpy as np
+
+    slots = len(prompt) + new_tokens
+    llm = llama_cpp.Llama(str(path), n_ctx=slots, n_batch=slots, n_threads=2, n_threads_batch=2, verbose=False)
+    llm.eval(prompt)
+    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    start = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        llm.eval([tokens[-1]])
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    tps = (new_tokens - 1) / (time.perf_counter() - start)
+    llm.close()
+    return tps, tokens
+
+
+def bench_llama_cpp(args: argparse.Namespace, ours: dict[str, float], bandwidth: float) -> None:
+    """llama.cpp on our GGUF export of the same random weights, each precision beside our matching one."""
+    import tempfile
+    from pathlib import Path
+
+    import gguf
+
+    from scratchllm.checkpoints.gguf import to_gguf
+    from scratchllm.models import build_model
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    torch.manual_seed(0)
+    base = build_model(args.model).eval()
+    prompt = torch.randint(0, base.config.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0))
+    tokenizer = load_tokenizer("gpt2")
+    if tokenizer.vocab_size > base.config.vocab_size:
+        print(f"\nllama.cpp: skipped (model {args.model} has fewer than the GPT-2 tokenizer's rows)")
+        return
+    print(f"\nllama.cpp (llama-cpp-python) on our GGUF export, 2 threads, {args.new_tokens} new tokens:")
+    pairs = (("f32", "fp32"), ("f16", "bf16"), ("bf16", "bf16"), ("q8_0", "int8"), ("q4_0", "int4"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for qtype, mine in pairs:
+            path = to_gguf(base, tokenizer, Path(tmp) / f"m-{qtype}.gguf", qtype)
+            tps, _ = llama_cpp_decode(path, prompt.tolist(), args.new_tokens)
+            size = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+            versus = (f"ours ({mine}) {ours[mine]:6.1f} tokens/s, ours/llama.cpp {ours[mine] / tps:.2f}x"
+                      if ours.get(mine) else "ours: no such path")  # fmt: skip
+            print(f"  llama.cpp {qtype:5s} {tps:7.1f} tokens/s  bandwidth {tps * size / 1e9:5.1f} GB/s "
+                  f"({tps * size / bandwidth:.0%} of the file's {size / 1e6:.0f} MB per token)   {versus}")
+            path.unlink()
 
 
 def kv_cache_report(config) -> None:
@@ -55,7 +110,8 @@ def kv_cache_report(config) -> None:
           f"({ours / full:.0%}, target <= 30%)")
 
 
-def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> None:
+def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> dict[str, float]:
+    """Our eager decode against transformers (and the book's loop); returns our tokens/s per precision."""
     import transformers
 
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
@@ -69,6 +125,7 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
     hf_config = transformers.AutoConfig.for_model(**config_to_hf(base.config))
     if base.config.sliding_window:
         kv_cache_report(base.config)
+    speeds: dict[str, float] = {}
     for dtype_name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
@@ -86,6 +143,7 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
             generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=engine)  # warm-up
             result = generate(ours, [prompt[0].tolist()], cfg, engine=engine)
             ours_tps = result.decode_tokens_per_s
+            speeds[dtype_name] = ours_tps
             hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
             start = time.perf_counter()
             out = hf.generate(
@@ -139,19 +197,22 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
                 f"{c_same}/{len(result.tokens[0])} greedy tokens as eager"
             )
         if dtype == torch.bfloat16:
-            q = build_model(args.model).eval()
-            q.load_state_dict(base.state_dict())
-            q_engine = Engine(q.to(dtype), max_batch=1, max_seq_len=slots, quantize="int8")
-            with torch.inference_mode():
-                generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=q_engine)
-                q_result = generate(q, [prompt[0].tolist()], cfg, engine=q_engine)
-            q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
-            print(
-                f"  scratchllm int8 weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
-                f"   ratio vs transformers bf16 {q_result.decode_tokens_per_s / hf_tps:.2f}x, vs our bf16 "
-                f"{q_result.decode_tokens_per_s / ours_tps:.2f}x; "
-                f"{q_same}/{len(result.tokens[0])} greedy tokens as bf16"
-            )
+            for bits in ("int8", "int4"):
+                q = build_model(args.model).eval()
+                q.load_state_dict(base.state_dict())
+                q_engine = Engine(q.to(dtype), max_batch=1, max_seq_len=slots, quantize=bits)
+                with torch.inference_mode():
+                    generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=q_engine)
+                    q_result = generate(q, [prompt[0].tolist()], cfg, engine=q_engine)
+                q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
+                speeds[bits] = q_result.decode_tokens_per_s
+                print(
+                    f"  scratchllm {bits} weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
+                    f"   ratio vs transformers bf16 {q_result.decode_tokens_per_s / hf_tps:.2f}x, vs our bf16 "
+                    f"{q_result.decode_tokens_per_s / ours_tps:.2f}x; "
+                    f"{q_same}/{len(result.tokens[0])} greedy tokens as bf16"
+                )
+    return speeds
 
 
 if __name__ == "__main__":

@@ -104,9 +104,10 @@ def test_chat_templates_and_overflow(gpt2_tokenizer):
     assert pick_template(None, gpt2_tokenizer).name == "plain"
 
 
-def test_generate_cli_int8(model_dir, capsys):
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_generate_cli_quantized(model_dir, bits, capsys):
     args = ["generate", "--checkpoint", str(model_dir), "--prompt", "Hello", "--max-new-tokens", "5", "--quantize",
-            "int8", "--dtype", "bf16"]  # fmt: skip
+            bits, "--dtype", "bf16"]  # fmt: skip
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("Hello")
 

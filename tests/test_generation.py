@@ -230,6 +230,38 @@ def test_int8_weight_only_quantisation():
     assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5
 
 
+def test_int4_weight_only_quantisation():
+    """Groups of 32 inputs, 16 levels between each group's min and max: the packed kernel gives the product with
+    those rounded weights (written out here), for a head whose rows are no multiple of 16 too, with a bias."""
+    from scratchllm.generation.quantize import Int4Linear, quantize_int4
+
+    torch.manual_seed(0)
+    for out_features in (48, 50):
+        linear = torch.nn.Linear(96, out_features)
+        groups = linear.weight.detach().reshape(out_features, 3, 32)
+        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        step = (high - low) / 15
+        rounded = (low + step * torch.round((groups - low) / step)).reshape(out_features, 96)
+        q = Int4Linear(linear)
+        x = torch.randn(3, 5, 96)
+        with torch.no_grad():
+            want = torch.nn.functional.linear(x, rounded, linear.bias)
+            got = q(x)
+            assert got.dtype == x.dtype and got.shape == want.shape
+            assert (got - want).norm() / want.norm() < 0.01  # bf16 activations and scales
+            assert 0.02 < (got - linear(x)).norm() / linear(x).norm() < 0.1  # 4 bits do cost precision
+    model = build_model("gpt-tiny", tie_embeddings=True).eval()
+    idx = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        expected = model(idx)
+        quantize_int4(model)
+        got = model(idx)
+    assert isinstance(model.out_head, Int4Linear) and isinstance(model.blocks[0].ff.fc2, Int4Linear)
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
+    assert cos > 0.99
+    assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5
+
+
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-moe-tiny", "gemma3-tiny"])
 def test_compiled_decode_equals_eager(name):
     from torch._dynamo.utils import counters

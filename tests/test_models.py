@@ -246,25 +246,32 @@ def test_replace_rederives_widths():
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
-def test_packed_linear_keeps_values(preset):
-    """oneDNN-packed fp32 weights through the one Linear-rewrite helper give the same values; the engine's
-    rewrite (`pack_linear`) packs only fp32 layers where its measurement says packing is faster."""
-    from scratchllm.generation.packed import PackedLinear, pack_linear, packing_pays_off
+def test_decode_kernels_keep_values(preset):
+    """oneDNN-packed fp32 weights and matrix-vector products, put in through the one Linear-rewrite helper, give
+    F.linear's values for one row and for several; the engine's rewrite (`prepare_linears`) gives each layer the
+    kernel its measurement chose, and keeps the tied head's storage shared with the embedding."""
+    from scratchllm.generation import packed
+    from scratchllm.generation.packed import GemvLinear, PackedLinear, fastest_kernel, prepare_linears
     from scratchllm.models.linear import rewrite_linears
 
     torch.manual_seed(0)
-    model = build_model(preset, tie_embeddings=True).eval()
     idx = torch.randint(0, 512, (2, 12))
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in build_model(preset).modules())
+    for kind in (PackedLinear, GemvLinear):
+        model = build_model(preset, tie_embeddings=True).eval()
+        with torch.no_grad():
+            expected, one_row = model(idx), model(idx[:1, :1])
+            assert rewrite_linears(model, lambda name, layer, kind=kind: kind(layer)) == n_linear
+            assert isinstance(model.blocks[0].attn.qkv, kind) and isinstance(model.out_head, kind)
+            assert torch.allclose(model(idx), expected, atol=1e-5)
+            assert torch.allclose(model(idx[:1, :1]), one_row, atol=1e-5)
     with torch.no_grad():
-        expected = model(idx)
-        n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        assert rewrite_linears(model, lambda name, layer: PackedLinear(layer)) == n_linear
-        assert isinstance(model.blocks[0].attn.qkv, PackedLinear) and isinstance(model.out_head, PackedLinear)
-        assert torch.allclose(model(idx), expected, atol=1e-5)
-        small = torch.nn.Linear(64, 64)
-        assert pack_linear("x", small) is small  # under 1 MB: caches serve it, never packed
-        big = torch.nn.Linear(1024, 1024)
-        assert isinstance(pack_linear("x", big), PackedLinear) == packing_pays_off(big.weight)
-        bf16 = build_model(preset).to(torch.bfloat16)
-        rewrite_linears(bf16, pack_linear)
-        assert type(bf16.blocks[0].attn.qkv) is torch.nn.Linear  # only fp32 is packed
+        assert fastest_kernel([torch.nn.Linear(64, 64).weight]) == "linear"  # under 1 MB: caches serve it
+        big = build_model(preset, emb_dim=512, n_heads=4, n_kv_heads=4, hidden_dim=2048, tie_embeddings=True)
+        layer = big.eval().blocks[0].ff
+        key = packed._key(layer.up if hasattr(layer, "up") else layer.fc1)  # (2048, 512, fp32, bias)
+        prepare_linears(big)
+        layer = big.blocks[0].ff.up if hasattr(big.blocks[0].ff, "up") else big.blocks[0].ff.fc1
+        assert type(layer) is {"linear": torch.nn.Linear, **packed.KERNELS}[packed._MEASURED[key]]
+        if isinstance(big.out_head, GemvLinear):  # the tied head reads the embedding's own storage
+            assert big.out_head.weight.data_ptr() == big.tok_emb.weight.data_ptr()

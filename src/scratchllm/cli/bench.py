@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     announce_compile(args.compile)
     engine = Engine(model, max_batch=max(batches), max_seq_len=max(lengths) + args.new_tokens,
                     quantize=args.quantize, compile=args.compile)  # fmt: skip
-    # Bytes one decode step must read: every weight as the engine prepared it (packed, int8 or plain) except
+    # Bytes one decode step must read: every weight as the engine prepared it (packed, int8, int4 or plain) except
     # the embedding tables, of which it reads a row; a head tied to the embedding is read whole.
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     skip = ("tok_emb.weight", "pos_emb.weight", "rope_cos", "rope_sin")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.hardware import memory_bandwidth, peak_memory_mib
 
     bandwidth = memory_bandwidth() if device == "cpu" else None
-    dtype = str(model.dtype).replace("torch.", "") + ("+int8" if args.quantize else "")
+    dtype = str(model.dtype).replace("torch.", "") + (f"+{args.quantize}" if args.quantize else "")
     dtype += "+compiled" if args.compile else ""
     print(
         f"{args.checkpoint} ({loaded.source} weights), {dtype}, {device}, {torch.get_num_threads()} threads, "

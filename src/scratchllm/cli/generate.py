@@ -24,8 +24,9 @@ def add_model_arguments(p: argparse.ArgumentParser, checkpoint_required: bool = 
     p.add_argument(
         "--quantize",
         default=None,
-        choices=["int8"],
-        help="int8 weight-only quantisation (about 1.8x faster bf16 decoding on CPU)",
+        choices=["int8", "int4"],
+        help="weight-only quantisation: int8 (one scale per row) or int4 (groups of 32, as llama.cpp's q4_0; "
+        "CPU, bf16 activations); docs/benchmarks.md has the measured speeds",
     )
     p.add_argument(
         "--compile",

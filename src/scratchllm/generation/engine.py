@@ -3,8 +3,8 @@
 Every inference path goes through `Engine`: `generate()`/`stream_text()` in this package, the `generate`,
 `chat` and `bench` commands, and the OpenAI-compatible server. Design decisions:
 
-- The engine owns the model for inference and prepares it once: eval mode, then int8 weights, the compiled
-  one-token step, or (fp32 on CPU) weights packed for oneDNN (`_prepare`, through `models.linear`).
+- The engine owns the model for inference and prepares it once: eval mode, then int8/int4 weights, the compiled
+  one-token step, or (on CPU) each Linear's fastest one-row kernel (`_prepare`, through `models.linear`).
 - State per request lives in a `Request` and one row of a `KVCache` pool of `max_batch` rows x
   `max_seq_len` slots, allocated once. Modules hold nothing, so requests never corrupt each other.
 - Continuous batching (as in Orca / vLLM, without paging): each `step()` first admits waiting requests
@@ -183,8 +183,9 @@ class EngineStats:
 class Engine:
     """Generation for many requests on one model (see the module docstring for the design).
 
-    quantize: None or "int8"; compile: compile the one-token step (torch.compile); prepare=False uses the
-    model exactly as given (the library's `generate()` does, so it never rewrites a caller's model).
+    quantize: None, "int8" or "int4" (weight-only); compile: compile the one-token step (torch.compile);
+    prepare=False uses the model exactly as given (the library's `generate()` does, so it never rewrites a
+    caller's model).
     """
 
     def __init__(
@@ -219,23 +220,25 @@ class Engine:
         self._work = threading.Condition()
 
     def _prepare(self, quantize: str | None, compile: bool):
-        from scratchllm.models.linear import rewrite_linears
-
         self.model.eval()
-        if quantize not in (None, "int8"):
-            raise ScratchLLMError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize not in (None, "int8", "int4"):
+            raise ScratchLLMError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
         if quantize == "int8":
             from scratchllm.generation.quantize import quantize_int8
 
             quantize_int8(self.model)
+        elif quantize == "int4":
+            from scratchllm.generation.quantize import quantize_int4
+
+            quantize_int4(self.model)
         if compile:
             from scratchllm.generation.compiled import compile_decode
 
             return compile_decode(self.model)
         if quantize is None:
-            from scratchllm.generation.packed import pack_linear
+            from scratchllm.generation.packed import prepare_linears
 
-            rewrite_linears(self.model, pack_linear)  # fp32 on CPU: weights in oneDNN's layout
+            prepare_linears(self.model)  # CPU: each product's fastest one-row kernel
         return self.model
 
     # -- requests ----------------------------------------------------------------------------------------
