@@ -290,9 +290,9 @@ def test_a_lora_run_exports_its_merged_weights_and_its_style(tmp_path):
     llm = open_llama(tmp_path / "m.gguf")
     assert llama_greedy(llm, ids, 12) == our_greedy(loaded.model, ids, 12)
     llm.close()
-    modelfile = (tmp_path / "m.Modelfile").read_text()
-    assert "FROM ./m.gguf\n" in modelfile and "### Response:" in modelfile
-    assert 'PARAMETER stop "\\n\\n### Instruction:"' in modelfile
+    commands = modelfile_commands((tmp_path / "m.Modelfile").read_text())  # the run's alpaca style
+    assert commands[0] == ("FROM", "./m.gguf") and dict(commands)["TEMPLATE"] == STYLES["alpaca"].ollama_template
+    assert ("PARAMETER STOP", "\n\n### Instruction:") in commands
 
 
 def test_a_model_with_live_adapters_is_written_merged(tmp_path):
