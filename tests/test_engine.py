@@ -157,3 +157,26 @@ def test_fixed_shape_decode_equals_the_default(model):
         engine.run(requests)
         results.append([r.tokens for r in requests])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("kernel", ["mv", "packed", "linear"])
+def test_each_decode_kernel_keeps_fp32_greedy_tokens(kernel, monkeypatch):
+    """Whichever one-row kernel the engine's measurement picks, fp32 greedy decoding (one row, then batched
+    rows, which take F.linear) gives the unprepared model's tokens; matrices here are 1-4 MB, so rewritten."""
+    from scratchllm.generation import packed
+
+    monkeypatch.setattr(packed, "_MEASURED", {})
+    monkeypatch.setattr(packed, "fastest_kernel", lambda weights, bias=False: kernel)
+    model = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
+    reference = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
+    engine = Engine(model, max_batch=2)
+    expected_type = {"linear": torch.nn.Linear, **packed.KERNELS}[kernel]
+    assert type(model.blocks[0].ff.fc1) is expected_type
+    cfg = GenerationConfig(max_new_tokens=12)
+    a, b = prompts(2, seed=3)
+    ra = engine.submit(a, cfg)
+    engine.run()
+    assert ra.tokens == alone(reference, a, cfg)
+    ra, rb = engine.submit(a, cfg), engine.submit(b, cfg)
+    engine.run()
+    assert ra.tokens == alone(reference, a, cfg) and rb.tokens == alone(reference, b, cfg)
