@@ -7,6 +7,7 @@ as a user would; `snapshot` proves the protected files are byte-identical afterw
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,20 @@ def test_labelled_files_with_long_fields_quoted_newlines_u2028_and_a_bom(tmp_pat
     jsonl.write_text(json.dumps({"text": "sep\u2028arated", "label": "a"}, ensure_ascii=False) + "\n"
                      + json.dumps({"text": "other", "label": "b"}) + "\n", encoding="utf-8")  # fmt: skip
     assert read_labelled(jsonl).texts == ["sep\u2028arated", "other"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_follow_the_umask(mask, tmp_path):
+    """Weights, configs and tokenizers get the mode a plain `open` gives under the user's umask (safetensors
+    alone writes 0600, which hid a run from a group that shares it)."""
+    from scratchllm.checkpoints.convert import to_scratchllm
+    from scratchllm.models import build_model
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    old = os.umask(mask)
+    try:
+        to_scratchllm(build_model("gpt-tiny"), load_tokenizer("gpt2"), tmp_path / "m", "alpaca")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert len(modes) >= 4 and set(modes.values()) == {0o666 & ~mask}, modes

@@ -10,18 +10,35 @@ from scratchllm.errors import ScratchLLMError
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then move the finished file to `path` (fsynced, same-folder rename)."""
+    """Call `write(tmp_path)` then move the finished file to `path` (fsynced, same-folder rename).
+
+    The file gets the permissions a plain `open` would give it under the user's umask, whatever the writer
+    used (safetensors creates its files 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (no window for other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_text(path: str | Path) -> str:
