@@ -408,3 +408,18 @@ def test_written_files_follow_the_umask(mask, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
     assert len(modes) >= 4 and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_a_run_keeps_its_prompt_style_through_hf_and_back(tmp_path):
+    """`convert --to hf` writes the style as the chat template; reading that folder back (`--to scratchllm`,
+    or any verb on it) recognises it, where the style used to be lost."""
+    from scratchllm.checkpoints.convert import to_scratchllm
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.prompts import STYLE_FILE
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    to_scratchllm(build_model("gpt-tiny", vocab_size=50257), load_tokenizer("gpt2"), tmp_path / "run", "phi3")
+    assert main(["convert", "--to", "hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert load_checkpoint(tmp_path / "hf", "fp32").prompt_style == "phi3"
+    assert main(["convert", "--to", "scratchllm", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / STYLE_FILE).read_text()) == {"style": "phi3"}

@@ -46,6 +46,17 @@ def saved_style(folder: Path) -> str | None:
     return get_style(name).name
 
 
+def hf_style(folder: Path) -> str | None:
+    """The style whose chat template a HuggingFace folder's tokenizer_config.json carries word for word (what
+    `convert --to hf` writes), so a fine-tuned run keeps its style through HF and back; None for others."""
+    from scratchllm.files import read_json
+    from scratchllm.prompts import STYLES
+
+    path = folder / "tokenizer_config.json"
+    template = read_json(path).get("chat_template") if path.exists() else None
+    return next((name for name, style in STYLES.items() if style.chat_template == template), None)
+
+
 def _tokenizer_in(folder: Path):
     from scratchllm.tokenizers.formats import load_tokenizer
 
@@ -175,7 +186,8 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm",
                             saved_style(path))  # fmt: skip
         elif (path / "config.json").exists():
-            loaded = Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface")
+            loaded = Loaded(load_hf_folder(path, torch_dtype, device), _tokenizer_in(path), "huggingface",
+                            hf_style(path))  # fmt: skip
         elif is_meta_folder(path):
             loaded = Loaded(*load_meta_folder(path, torch_dtype, device), "meta")
         else:
