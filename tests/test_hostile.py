@@ -345,6 +345,11 @@ def test_respond_never_writes_over_its_records(model_dir, tmp_path, capsys):
     fails(capsys, ["respond", "--checkpoint", str(model_dir), "--data", str(data), "--out", str(data), "--overwrite",
                    "--style", "alpaca"], "--out", "is --data")  # fmt: skip
     assert data.read_bytes() == before
+    small = tmp_path / "three.json"  # 85/10/5 of 3 records leaves no test record: an error, not an empty file
+    small.write_text(json.dumps([{"instruction": f"i{k}", "input": "", "output": "o"} for k in range(3)]))
+    fails(capsys, ["respond", "--checkpoint", str(model_dir), "--data", str(small), "--out", str(tmp_path / "r.json"),
+                   "--style", "alpaca"], "test split is empty", "--split all")  # fmt: skip
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_resume_with_a_changed_shape_flag_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.split != "all":
         train, val, test = book_split(examples)
         examples = {"train": train, "val": val, "test": test}[args.split]
+        if not examples:  # a small file's 5% / 10% split can round to nothing: say so, write nothing
+            raise ScratchLLMError(f"{args.data}: its {args.split} split is empty ({len(train) + len(val) + len(test)} "
+                                  "records split 85/10/5); pass --split all or another split")  # fmt: skip
     answers = respond(loaded.model, loaded.tokenizer, examples, end_of_text_ids(loaded.tokenizer), style,
                       args.max_new_tokens, args.batch_size, progress=True)  # fmt: skip
     write_responses(Path(out), examples, answers)
