@@ -364,3 +364,28 @@ def test_fields_are_honoured_refused_or_bookkeeping(served, client):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=MODEL, messages=message, max_tokens=2, extra_body=extra)
         assert e.value.body["param"] == next(iter(extra))
+
+
+def test_a_keyless_server_answers_no_other_web_origin_and_no_rebound_host(gpt2_tokenizer):
+    """Without --api-key, any web page the user opens could post to 127.0.0.1: a request carrying another
+    page's Origin, or a Host that is not a loopback name (DNS rebinding), gets a 403 in OpenAI's shape; the
+    openai client, curl (no Origin) and the chat page (its own origin) are answered; with a key both pass."""
+    engine = Engine(scripted_model(gpt2_tokenizer.encode(" yes") + [50256], prompt_len=1), gpt2_tokenizer)
+    body = {"model": "m", "prompt": "x", "max_tokens": 2}
+    with ServerThread(engine, Settings("m", bind_host="127.0.0.1")) as server:
+        url = server.url + "/v1/completions"
+        own = f"127.0.0.1:{server.port}"
+        assert httpx.post(url, json=body).status_code == 200
+        assert httpx.post(url, json=body, headers={"Origin": f"http://{own}"}).status_code == 200
+        for headers, code in (({"Origin": "http://evil.example"}, "origin_not_allowed"),
+                              ({"Origin": "null"}, "origin_not_allowed"),
+                              ({"Host": "evil.example"}, "host_not_allowed"),
+                              ({"Host": f"evil.example:{server.port}"}, "host_not_allowed")):  # fmt: skip
+            reply = httpx.post(url, json=body, headers=headers)
+            assert reply.status_code == 403 and reply.json()["error"]["code"] == code, headers
+        assert httpx.post(url, json=body, headers={"Host": f"localhost:{server.port}"}).status_code == 200
+        reply = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0).completions.create(**body)
+        assert reply.choices[0].text == " yes"
+    with ServerThread(engine, Settings("m", api_key="k", bind_host="127.0.0.1")) as server:
+        headers = {"Origin": "http://evil.example", "Host": "evil.example", "Authorization": "Bearer k"}
+        assert httpx.post(server.url + "/v1/completions", json=body, headers=headers).status_code == 200

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = engine.tokenizer
     template = get_style(args.template or saved_style) if args.template or saved_style else default_style(tokenizer)
     name = args.model_name or Path(str(args.checkpoint).rstrip("/")).name
-    settings = Settings(name, template, args.api_key, args.max_request_bytes, args.max_tokens)
+    settings = Settings(name, template, args.api_key, args.max_request_bytes, args.max_tokens, bind_host=args.host)
     app = create_app(engine, settings)
     print(f"serving {name} on http://{args.host}:{args.port} (chat page at /, API at /v1; "
           f"template: {template.name if template else 'none'}; batch up to {args.max_batch}; "

@@ -97,12 +97,25 @@ def serve(app: FastAPI, host: str, port: int, graceful_seconds: float) -> None:
 
 
 class Settings:
-    """What the server was started with (`scratchllm serve` flags)."""
+    """What the server was started with (`scratchllm serve` flags). `bind_host` is the address it listens on:
+    a keyless server on a loopback address answers only requests addressed to a loopback name."""
 
     def __init__(self, model_name: str, template=None, api_key: str | None = None, max_request_bytes: int = 1 << 20,
-                 max_tokens: int = 4096):  # fmt: skip
+                 max_tokens: int = 4096, bind_host: str | None = None):  # fmt: skip
         self.model_name, self.template, self.api_key = model_name, template, api_key
         self.max_request_bytes, self.max_tokens = max_request_bytes, max_tokens
+        self.local_only = bind_host in LOOPBACK
+
+
+# Names a request to a server on this machine's loopback address can carry in its Host header.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _host_name(host: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1'; '[::1]:8000' -> '::1'."""
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
@@ -131,8 +144,21 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
 
     def check_key(http: HttpRequest) -> None:
-        if settings.api_key is not None and http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        if settings.api_key is not None:
+            if http.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+                raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                               code="invalid_api_key")  # fmt: skip
+            return
+        # Without a key, a web page the user visits must not be able to use the server: a page from another
+        # origin (its fetch carries that Origin), or one reached through a name rebound to 127.0.0.1 (DNS
+        # rebinding: the Host header names the attacker's domain).
+        host, origin = http.headers.get("host", ""), http.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != host:
+            raise ApiError(403, f"requests from the web page origin {origin} are refused by a server without "
+                           "--api-key; start it with --api-key to allow them", code="origin_not_allowed")  # fmt: skip
+        if settings.local_only and _host_name(host) not in LOOPBACK:
+            raise ApiError(403, f"Host {host!r} is refused: this server listens on a loopback address without "
+                           "--api-key, so it answers only 127.0.0.1, localhost and [::1]", code="host_not_allowed")
 
     async def read_body(http: HttpRequest) -> dict:
         check_key(http)
