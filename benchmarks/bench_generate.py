@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--dtypes", default=None, help="comma-separated (default: fp32, plus bf16 where it is native)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile decode measurement")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--rounds", type=int, default=3, help="alternating ours / llama.cpp rounds per precision")
     args = p.parse_args()
     args.uncached_tokens = args.uncached_tokens or args.new_tokens
     torch.set_num_threads(2)
@@ -44,59 +45,88 @@ def main() -> None:
             f"\nmemory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; model {name}, batch 1, greedy, "
             f"prompt {args.prompt_len}, {args.new_tokens} new tokens"
         )
-        ours = bench_model(argparse.Namespace(**{**vars(args), "model": name}), dtypes, bandwidth)
+        bench_model(argparse.Namespace(**{**vars(args), "model": name}), dtypes, bandwidth)
         if not args.no_llama_cpp:
-            bench_llama_cpp(argparse.Namespace(**{**vars(args), "model": name}), ours, bandwidth)
+            bench_llama_cpp(argparse.Namespace(**{**vars(args), "model": name}), bandwidth)
 
 
-def llama_cpp_decode(path, prompt: list[int], new_tokens: int) -> tuple[float, list[int]]:
-    """llama.cpp's greedy decode speed (tokens/s after the prompt) and tokens, 2 threads, batch 1."""
-    import llama_cpp
-    import numpy as np
+class LlamaCppDecoder:
+    """llama.cpp's greedy decode on one GGUF file, 2 threads, batch 1: tokens/s after the prompt."""
 
-    slots = len(prompt) + new_tokens
-    llm = llama_cpp.Llama(str(path), n_ctx=slots, n_batch=slots, n_threads=2, n_threads_batch=2, verbose=False)
-    llm.eval(prompt)
-    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
-    start = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        llm.eval([tokens[-1]])
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-    tps = (new_tokens - 1) / (time.perf_counter() - start)
-    llm.close()
-    return tps, tokens
+    def __init__(self, path, slots: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(str(path), n_ctx=slots, n_batch=slots, n_threads=2, n_threads_batch=2,
+                                   verbose=False)  # fmt: skip
+
+    def __call__(self, prompt: list[int], new_tokens: int) -> float:
+        import numpy as np
+
+        llm = self.llm
+        llm.reset()
+        llm.eval(prompt)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return (new_tokens - 1) / (time.perf_counter() - start)
 
 
-def bench_llama_cpp(args: argparse.Namespace, ours: dict[str, float], bandwidth: float) -> None:
-    """llama.cpp on our GGUF export of the same random weights, each precision beside our matching one."""
+def bench_llama_cpp(args: argparse.Namespace, bandwidth: float) -> None:
+    """llama.cpp on our GGUF export of the same random weights, each precision against our matching path,
+    the two decoding in turn (`--rounds` times, medians) so that a busy machine slows both alike."""
+    import statistics
     import tempfile
     from pathlib import Path
 
     import gguf
 
     from scratchllm.checkpoints.gguf import to_gguf
+    from scratchllm.generation import packed
+    from scratchllm.generation.engine import Engine
+    from scratchllm.generation.generate import GenerationConfig, generate
     from scratchllm.models import build_model
     from scratchllm.tokenizers.formats import load_tokenizer
 
     torch.manual_seed(0)
     base = build_model(args.model).eval()
     prompt = torch.randint(0, base.config.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.tolist()
     tokenizer = load_tokenizer("gpt2")
     if tokenizer.vocab_size > base.config.vocab_size:
         print(f"\nllama.cpp: skipped (model {args.model} has fewer than the GPT-2 tokenizer's rows)")
         return
-    print(f"\nllama.cpp (llama-cpp-python) on our GGUF export, 2 threads, {args.new_tokens} new tokens:")
-    pairs = (("f32", "fp32"), ("f16", "bf16"), ("bf16", "bf16"), ("q8_0", "int8"), ("q4_0", "int4"))
+    print(f"\nllama.cpp (llama-cpp-python) on our GGUF export against our eager engine, 2 threads, "
+          f"{args.new_tokens} new tokens, medians of {args.rounds} alternating rounds:")  # fmt: skip
+    slots = len(prompt) + args.new_tokens
+    cfg = GenerationConfig(max_new_tokens=args.new_tokens)
+    pairs = (("f32", torch.float32, None), ("f16", torch.bfloat16, None), ("bf16", torch.bfloat16, None),
+             ("q8_0", torch.bfloat16, "int8"), ("q4_0", torch.bfloat16, "int4"))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for qtype, mine in pairs:
+        for qtype, dtype, quantize in pairs:
             path = to_gguf(base, tokenizer, Path(tmp) / f"m-{qtype}.gguf", qtype)
-            tps, _ = llama_cpp_decode(path, prompt.tolist(), args.new_tokens)
             size = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
-            versus = (f"ours ({mine}) {ours[mine]:6.1f} tokens/s, ours/llama.cpp {ours[mine] / tps:.2f}x"
-                      if ours.get(mine) else "ours: no such path")  # fmt: skip
-            print(f"  llama.cpp {qtype:5s} {tps:7.1f} tokens/s  bandwidth {tps * size / 1e9:5.1f} GB/s "
-                  f"({tps * size / bandwidth:.0%} of the file's {size / 1e6:.0f} MB per token)   {versus}")
+            theirs_decode = LlamaCppDecoder(path, slots)
+            ours = build_model(args.model).eval()
+            ours.load_state_dict(base.state_dict())
+            engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots, quantize=quantize)
+            with torch.inference_mode():
+                generate(ours, [prompt], GenerationConfig(max_new_tokens=4), engine=engine)  # warm-up
+                mine, theirs = [], []
+                for _ in range(args.rounds):
+                    mine.append(generate(ours, [prompt], cfg, engine=engine).decode_tokens_per_s)
+                    theirs.append(theirs_decode(prompt, args.new_tokens))
+            theirs_decode.llm.close()
             path.unlink()
+            m, t = statistics.median(mine), statistics.median(theirs)
+            label = f"{str(dtype).replace('torch.', '')}" + (f"+{quantize}" if quantize else "")
+            print(f"  llama.cpp {qtype:5s} {t:6.1f} tokens/s ({t * size / bandwidth:4.0%} of the bandwidth for its "
+                  f"{size / 1e6:.0f} MB)   ours {label:13s} {m:6.1f} tokens/s   ours/llama.cpp {m / t:.2f}x "
+                  f"(rounds {min(a / b for a, b in zip(mine, theirs)):.2f}-"
+                  f"{max(a / b for a, b in zip(mine, theirs)):.2f}x)")  # fmt: skip
+    chosen = {f"{o}x{i} {str(d).replace('torch.', '')}": k for (o, i, d, _), k in packed._MEASURED.items()}
+    print(f"  one-row kernels the engine chose: {chosen}")
 
 
 def kv_cache_report(config) -> None:
@@ -110,8 +140,8 @@ def kv_cache_report(config) -> None:
           f"({ours / full:.0%}, target <= 30%)")
 
 
-def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> dict[str, float]:
-    """Our eager decode against transformers (and the book's loop); returns our tokens/s per precision."""
+def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> None:
+    """Our decode (eager, compiled, int8, int4) against transformers and the book's loop."""
     import transformers
 
     from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
@@ -125,7 +155,6 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
     hf_config = transformers.AutoConfig.for_model(**config_to_hf(base.config))
     if base.config.sliding_window:
         kv_cache_report(base.config)
-    speeds: dict[str, float] = {}
     for dtype_name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         ours = build_model(args.model).eval()
@@ -143,7 +172,6 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
             generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=engine)  # warm-up
             result = generate(ours, [prompt[0].tolist()], cfg, engine=engine)
             ours_tps = result.decode_tokens_per_s
-            speeds[dtype_name] = ours_tps
             hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
             start = time.perf_counter()
             out = hf.generate(
@@ -205,14 +233,12 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
                     generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=q_engine)
                     q_result = generate(q, [prompt[0].tolist()], cfg, engine=q_engine)
                 q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
-                speeds[bits] = q_result.decode_tokens_per_s
                 print(
                     f"  scratchllm {bits} weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
                     f"   ratio vs transformers bf16 {q_result.decode_tokens_per_s / hf_tps:.2f}x, vs our bf16 "
                     f"{q_result.decode_tokens_per_s / ours_tps:.2f}x; "
                     f"{q_same}/{len(result.tokens[0])} greedy tokens as bf16"
                 )
-    return speeds
 
 
 if __name__ == "__main__":
