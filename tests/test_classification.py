@@ -205,6 +205,8 @@ def test_classification_resume_is_exact(tmp_path, trainable, checkpoint):
     ("text,label\n", [], "no records"),
     ("words,label\nhello,a\nbye,b\n", [], "no column 'text'"),
     ('{"text": "hi"}\n', [], ":1: record has no field 'label'"),
+    ('{"text": "hi", "label": 1}\n{"text": "yo", "label": NaN}\n', [], ":2: field 'label' is nan"),
+    ('{"text": "hi", "label": 1}\n{"text": "yo", "label": [0]}\n', [], ":2: field 'label' should be a string"),
 ])  # fmt: skip
 def test_bad_labelled_files(tmp_path, capsys, content, args, fragment):
     path = tmp_path / ("data.jsonl" if content.startswith("{") else "data.csv")
@@ -214,6 +216,19 @@ def test_bad_labelled_files(tmp_path, capsys, content, args, fragment):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err and str(path) in err
     assert not (tmp_path / "run").exists()
+
+
+def test_one_class_has_one_spelling(tmp_path):
+    """1, 1.0, "1" and " 1 " are one class, as 0 and "0.0" are (they were four classes and two); other text
+    labels stay as written."""
+    records = [("a", 1), ("b", 1.0), ("c", "1"), ("d", " 1 "), ("e", 0), ("f", "0.0"), ("g", 0.5), ("h", "0.50")]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in records))
+    data = read_labelled(path)
+    assert data.names == ["0", "0.5", "1"] and data.labels == [2, 2, 2, 2, 0, 0, 1, 1]
+    csv_path = tmp_path / "data.csv"
+    csv_path.write_text("text,label\nx,spam\ny, ham\nz,Spam\n")
+    assert read_labelled(csv_path).names == ["Spam", "ham", "spam"]
 
 
 def test_tied_backbone_trains_with_adam():

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +111,13 @@ def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[li
                     raise ScratchLLMError(f"{path}:{lineno}: record has no field {key!r}")
             if not isinstance(record[keys[0]], str):
                 raise ScratchLLMError(f"{path}:{lineno}: field {keys[0]!r} should be a string")
+            for key in keys[1:]:
+                value = record[key]
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ScratchLLMError(f"{path}:{lineno}: field {key!r} is {value}, not a usable label")
+                if not isinstance(value, str | int | float):  # booleans are ints: true/false are two classes
+                    raise ScratchLLMError(f"{path}:{lineno}: field {key!r} should be a string or a number, "
+                                          f"got {json.dumps(value)[:40]}")  # fmt: skip
             out.append([str(record[k]) for k in keys])
         return out
     # A quoted CSV field may hold newlines and be long: read the file as one stream, with no field size limit
@@ -134,12 +143,27 @@ def read_texts(path: str | Path, text: str = "text") -> list[str]:
     return [t for (t,) in _read_fields(Path(path), [text])]
 
 
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def canonical_label(raw: str) -> str:
+    """One spelling per class: surrounding spaces dropped, numbers written one way ("1", "1.0", " 1 " and
+    JSON's 1 are the class "1"; "0.50" is "0.5"), any other text kept as it is."""
+    label = raw.strip()
+    if _NUMBER.fullmatch(label):
+        value = float(label)
+        if math.isfinite(value):
+            return str(int(value)) if value.is_integer() else repr(value)
+    return label
+
+
 def read_labelled(path: str | Path, text: str = "text", label: str = "label", fmt: str | None = None) -> Labelled:
     """(text, label) records from a CSV/TSV (header row, or numeric columns for headerless files) or JSONL."""
     path = Path(path)
     pairs = _read_fields(path, [text, label], fmt)
     if not pairs:
         raise ScratchLLMError(f"{path}: no records")
+    pairs = [(t, canonical_label(lab)) for t, lab in pairs]
     names = sorted({lab for _, lab in pairs})
     if len(names) < 2:
         raise ScratchLLMError(f"{path}: field {label!r} has a single class {names[0]!r}; need at least two")
