@@ -422,3 +422,19 @@ def test_a_plot_that_cannot_be_drawn_is_announced(data_dir, tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "loss.png not written (matplotlib is not installed" in out
     assert not (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_max_steps_on_the_command_line_replaces_the_default_epochs(tmp_path):
+    """Fine-tuning defaults to epochs; `--max-steps N` used to be overridden by them silently."""
+    from scratchllm.training.config import ClassifyConfig, InstructConfig
+
+    assert build_config(None, InstructConfig).epochs == 2
+    cfg = build_config(None, InstructConfig, max_steps=7)
+    assert (cfg.epochs, cfg.max_steps) == (None, 7)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 3\nlr: 0.001\n")
+    cfg = build_config(recipe, ClassifyConfig, max_steps=9)  # the flag wins over the file's epochs
+    assert (cfg.epochs, cfg.max_steps, cfg.lr) == (None, 9, 0.001)
+    assert build_config(recipe, ClassifyConfig).epochs == 3
+    with pytest.raises(ScratchLLMError, match="--epochs or --max-steps, not both"):
+        build_config(None, InstructConfig, max_steps=7, epochs=1)

@@ -315,6 +315,12 @@ def build_config(file: str | Path | None = None, cls: type | None = None, **over
             elif overrides.get(key) is None:
                 values[key] = value
     model_overrides = overrides.pop("model_overrides", None)
+    if "epochs" in {f.name for f in dataclasses.fields(cls)} and overrides.get("max_steps") is not None:
+        # Fine-tuning counts epochs by default; a step count asked for on the command line replaces that (it
+        # used to be overridden silently by the default epochs, with no flag to unset them).
+        if overrides.get("epochs") is not None:
+            raise ScratchLLMError("give --epochs or --max-steps, not both: epochs set the number of steps")
+        values["epochs"] = None
     values.update({k: v for k, v in overrides.items() if v is not None})
     if model_overrides is not None:
         values["model_overrides"] = {**(values.get("model_overrides") or {}), **model_overrides}
