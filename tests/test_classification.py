@@ -163,6 +163,8 @@ def test_small_model_learns_spam_and_the_run_folder_classifies(tmp_path, capsys)
     assert capsys.readouterr().out.startswith("spam\t")
     assert main(["generate", "--checkpoint", str(run), "--prompt", "x"]) == 2
     assert "use `scratchllm classify`" in capsys.readouterr().err
+    assert main(["classify", "--checkpoint", str(run), "fine", " "]) == 2  # nothing to classify is not an answer
+    assert "text argument 2 is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("trainable,checkpoint", [("last-block", "gpt-tiny"), ("lora", "gpt-tiny"),
@@ -207,6 +209,9 @@ def test_classification_resume_is_exact(tmp_path, trainable, checkpoint):
     ('{"text": "hi"}\n', [], ":1: record has no field 'label'"),
     ('{"text": "hi", "label": 1}\n{"text": "yo", "label": NaN}\n', [], ":2: field 'label' is nan"),
     ('{"text": "hi", "label": 1}\n{"text": "yo", "label": [0]}\n', [], ":2: field 'label' should be a string"),
+    # an empty text is named by its line in the file, not by its place after balancing and shuffling
+    ("text,label\nhello,a\nbye,b\n,a\nagain,b\n", [], "data.csv:4: field 'text' is empty"),
+    ('{"text": "hi", "label": 1}\n\n{"text": "  ", "label": 0}\n', [], "data.jsonl:3: field 'text' is empty"),
 ])  # fmt: skip
 def test_bad_labelled_files(tmp_path, capsys, content, args, fragment):
     path = tmp_path / ("data.jsonl" if content.startswith("{") else "data.csv")

@@ -28,6 +28,9 @@ def _texts(args) -> list[str]:
     from scratchllm.errors import ScratchLLMError
 
     texts = list(args.texts)
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise ScratchLLMError(f"text argument {empty + 1} is empty: there is nothing to classify")
     if args.file:
         path = Path(args.file)
         if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):

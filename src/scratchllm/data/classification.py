@@ -84,6 +84,13 @@ def _column(row: list[str], key: str, header: list[str] | None, path: Path, line
     return row[index]
 
 
+def _check_text(text: str, key: str, path: Path, lineno: int) -> None:
+    """An empty (or blank) text is refused where it is read, by file and line: after balancing and shuffling a
+    record number would no longer point into the file."""
+    if not text.strip():
+        raise ScratchLLMError(f"{path}:{lineno}: field {key!r} is empty")
+
+
 def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[list[str]]:
     """The values of `keys` in every record of a CSV/TSV (header row, or numeric columns) or JSONL file."""
     fmt = fmt or {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
@@ -111,6 +118,7 @@ def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[li
                     raise ScratchLLMError(f"{path}:{lineno}: record has no field {key!r}")
             if not isinstance(record[keys[0]], str):
                 raise ScratchLLMError(f"{path}:{lineno}: field {keys[0]!r} should be a string")
+            _check_text(record[keys[0]], keys[0], path, lineno)
             for key in keys[1:]:
                 value = record[key]
                 if isinstance(value, float) and not math.isfinite(value):
@@ -132,6 +140,7 @@ def _read_fields(path: Path, keys: list[str], fmt: str | None = None) -> list[li
                 header = row
             elif row:
                 out.append([_column(row, k, header, path, start) for k in keys])
+                _check_text(out[-1][0], keys[0], path, start)
             start = reader.line_num + 1
     except csv.Error as e:
         raise ScratchLLMError(f"{path}:{start}: malformed {fmt.upper()} ({e})") from None
@@ -208,8 +217,8 @@ def encode(data: Labelled, tokenizer, pad_id: int, length: int | None = None, li
     """Token ids padded on the right with `pad_id` to `length` (default: the longest text, at most `limit`)."""
     rows = [tokenizer.encode(t) for t in data.texts]
     if any(len(r) == 0 for r in rows):
-        i = next(i for i, r in enumerate(rows) if len(r) == 0)
-        raise ScratchLLMError(f"record {i + 1} has an empty text")
+        text = next(t for t, r in zip(data.texts, rows) if len(r) == 0)
+        raise ScratchLLMError(f"the text {text[:40]!r} encodes to no tokens")
     length = length or max(len(r) for r in rows)
     if limit is not None:
         length = min(length, limit)
