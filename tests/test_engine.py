@@ -180,3 +180,28 @@ def test_each_decode_kernel_keeps_fp32_greedy_tokens(kernel, monkeypatch):
     ra, rb = engine.submit(a, cfg), engine.submit(b, cfg)
     engine.run()
     assert ra.tokens == alone(reference, a, cfg) and rb.tokens == alone(reference, b, cfg)
+
+
+def test_one_prompt_asked_several_times_is_prefilled_once(model):
+    """`n > 1` choices (or clients sending one prompt together): the later ones fork the first one's row, and
+    every request still gets exactly the tokens (and prompt scores) of a separate cold request, greedy or
+    seeded."""
+    prompt = prompts(1, seed=5)[0]
+    cfgs = [GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, temperature=1.0, seed=1),
+            GenerationConfig(max_new_tokens=10, temperature=0.8, top_k=20, seed=2),
+            GenerationConfig(max_new_tokens=1, temperature=1.0, seed=3)]  # fmt: skip
+    engine = Engine(model, max_batch=4, prepare=False)
+    requests = [engine.submit(prompt, cfg) for cfg in cfgs]
+    engine.run()
+    assert engine.stats.forked_prefills == 3
+    for r, cfg in zip(requests, cfgs):
+        assert r.tokens == alone(model, prompt, cfg)
+    scoring = GenerationConfig(max_new_tokens=3, prompt_logprobs=2)
+    a, b = engine.submit(prompt, scoring), engine.submit(prompt, scoring)
+    engine.run()
+    assert engine.stats.forked_prefills == 4 and a.prompt_logprobs == b.prompt_logprobs
+    cold = Engine(model, max_batch=1, prepare=False)
+    c = cold.submit(prompt, scoring)
+    cold.run()
+    assert [(o.token, o.logprob) for o in b.prompt_logprobs] == [(o.token, o.logprob) for o in c.prompt_logprobs]
+    assert b.tokens == c.tokens

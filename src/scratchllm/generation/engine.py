@@ -13,6 +13,9 @@ Every inference path goes through `Engine`: `generate()`/`stream_text()` in this
   key/value at its own slot and a key mask hides the slots beyond it, so a row's result is the result of
   generating it alone. Decoding reads every weight once per step whatever the batch, so a batch of 8
   costs little more than one row (the point of batching; `benchmarks/bench_serve.py` measures it).
+- A request whose prompt equals one just prefilled (`n > 1` choices, clients sending one prompt together)
+  is not prefilled again: it gets a copy of that row and draws its first token from the same logits with its
+  own settings (`_fork`, counted in `stats.forked_prefills`).
 - Finished rows leave at once; the last live row moves into the gap (a copy of its filled slots) so live
   rows stay contiguous and a step is one slice of the pool, never a gather.
 - Each request samples with its own settings and, with a seed, its own `torch.Generator`: a seeded request
@@ -158,6 +161,7 @@ class Request:
     finished_at: float | None = None
     prefill_seconds: float = 0.0
     _filled: int = 0  # cache slots holding this request's keys/values
+    _first_logits: torch.Tensor | None = None  # the prefill's last logits, until the next decode step (forks)
     _generator: torch.Generator | None = None
     _decoder: StreamDecoder | None = None
     _history: torch.Tensor | None = None  # prompt + tokens on the device (repetition penalty only)
@@ -178,6 +182,7 @@ class EngineStats:
     decode_steps: int = 0
     decoded_tokens: int = 0  # rows x steps
     largest_batch: int = 0  # most rows decoded together in one step
+    forked_prefills: int = 0  # prompts not prefilled because a row with the same prompt was copied
 
 
 class Engine:
@@ -337,8 +342,27 @@ class Engine:
                     self._score_prompt(request, self.model(torch.tensor([request.prompt], device=self.device))[0])
                 self._finish(request, "length")
             else:
+                twin = self._twin(request)
                 self.active.append(request)
-                self._prefill(request, len(self.active) - 1, request.prompt)
+                if twin is None:
+                    self._prefill(request, len(self.active) - 1, request.prompt)
+                else:
+                    self._fork(twin, request, len(self.active) - 1)
+
+    def _twin(self, request: Request) -> Request | None:
+        """A live request just prefilled with the same prompt (and prompt scoring), whose row can be copied:
+        `n > 1` choices, or clients sending one prompt together, are prefilled once."""
+        return next((r for r in self.active if r._first_logits is not None and r.prompt == request.prompt
+                     and r.cfg.prompt_logprobs == request.cfg.prompt_logprobs), None)  # fmt: skip
+
+    def _fork(self, twin: Request, request: Request, row: int) -> None:
+        """Start `request` from `twin`'s prefill: its cache row copied, its first token drawn from the same
+        logits with the request's own settings (and seed), so the tokens are those of a separate prefill."""
+        self.cache.copy_row(self.active.index(twin), row, len(twin.prompt))
+        request._filled = len(twin.prompt)
+        request.prompt_logprobs = twin.prompt_logprobs
+        self.stats.forked_prefills += 1
+        self._emit([request], twin._first_logits[None])
 
     def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
         start = time.perf_counter()
@@ -354,6 +378,7 @@ class Engine:
         if scoring:
             self._score_prompt(request, torch.cat(every))
         request._filled = len(ids)
+        request._first_logits = logits[0, -1].clone() if ids == request.prompt else None
         seconds = time.perf_counter() - start
         request.prefill_seconds += seconds
         self.stats.prefill_seconds += seconds
@@ -385,6 +410,8 @@ class Engine:
             return
         start = time.perf_counter()
         n = len(self.active)
+        for r in self.active:  # a decoded row no longer holds its prompt alone: nothing to fork from
+            r._first_logits = None
         last = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.device)
         filled = [r._filled for r in self.active]
         cache = self.cache.select(0, n)

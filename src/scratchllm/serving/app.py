@@ -194,7 +194,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok" if worker.accepting else "stopping", "running": len(engine.active),
-                "waiting": len(engine._waiting)}  # fmt: skip
+                "waiting": len(engine._waiting), "forked_prefills": engine.stats.forked_prefills}  # fmt: skip
 
     card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
             "max_model_len": engine.max_seq_len}  # fmt: skip
