@@ -92,9 +92,15 @@ def test_seed_n_and_logprobs(client):
     kwargs = dict(model=MODEL, prompt="Hello there", max_tokens=12, temperature=1.2, seed=5)
     a, b = client.completions.create(**kwargs), client.completions.create(**kwargs)
     assert a.choices[0].text == b.choices[0].text
+    forked = httpx.get(str(client.base_url.join("/health"))).json()["forked_prefills"]
     many = client.completions.create(**kwargs, n=3)
     assert [c.index for c in many.choices] == [0, 1, 2] and many.usage.completion_tokens == 36
     assert many.choices[0].text == a.choices[0].text and len({c.text for c in many.choices}) > 1
+    # the prompt was prefilled once for the 3 choices; each is the request with its own seed (seed + index)
+    assert httpx.get(str(client.base_url.join("/health"))).json()["forked_prefills"] == forked + 2
+    for i in (1, 2):
+        alone = client.completions.create(**{**kwargs, "seed": 5 + i})
+        assert many.choices[i].text == alone.choices[0].text
     lp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                         temperature=0, logprobs=True, top_logprobs=3)  # fmt: skip
     content = lp.choices[0].logprobs.content

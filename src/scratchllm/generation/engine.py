@@ -249,21 +249,29 @@ class Engine:
     # -- requests ----------------------------------------------------------------------------------------
     def submit(self, prompt: list[int], cfg: GenerationConfig | None = None, listener=None) -> Request:
         """Queue a request (thread-safe); raises ScratchLLMError for a bad prompt, EngineBusy when full."""
-        cfg = cfg or GenerationConfig()
-        if cfg.stop_strings and self.tokenizer is None:
-            raise ScratchLLMError("stop_strings need a tokenizer to decode the generated text")
-        prompt = self.fit_prompt(prompt, cfg)
-        request = Request(prompt, cfg, listener, submitted_at=time.perf_counter())
-        if cfg.seed is not None:
-            request._generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        if self.tokenizer is not None:
-            request._decoder = StreamDecoder(self.tokenizer, cfg.stop_strings)
+        return self.submit_all([(prompt, cfg, listener)])[0]
+
+    def submit_all(self, items: list[tuple[list[int], GenerationConfig | None, Callable | None]]) -> list[Request]:
+        """Queue several requests at once, all or none (one reply's `n` choices or prompts): they reach the
+        scheduler together, so one prompt asked n times is prefilled once (`_fork`)."""
+        requests = []
+        for prompt, cfg, listener in items:
+            cfg = cfg or GenerationConfig()
+            if cfg.stop_strings and self.tokenizer is None:
+                raise ScratchLLMError("stop_strings need a tokenizer to decode the generated text")
+            prompt = self.fit_prompt(prompt, cfg)
+            request = Request(prompt, cfg, listener, submitted_at=time.perf_counter())
+            if cfg.seed is not None:
+                request._generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            if self.tokenizer is not None:
+                request._decoder = StreamDecoder(self.tokenizer, cfg.stop_strings)
+            requests.append(request)
         with self._work:
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + len(requests) > self.max_queue:
                 raise EngineBusy(f"the engine's queue is full ({self.max_queue} waiting requests)")
-            self._waiting.append(request)
+            self._waiting.extend(requests)
             self._work.notify()
-        return request
+        return requests
 
     def fit_prompt(self, prompt: list[int], cfg: GenerationConfig) -> list[int]:
         if len(prompt) == 0:

@@ -253,18 +253,15 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             raise ApiError(503, "the server is shutting down")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        requests: list[Request] = []
+        def listener(index: int):  # each choice's tokens reach the reply's queue tagged with its index
+            return lambda r, out: loop.call_soon_threadsafe(queue.put_nowait, (index, r, out))
+
+        items = [(parsed.prompts[i], cfg, listener(i)) for i, cfg in enumerate(parsed.configs)]
         try:
-            for index, cfg in enumerate(parsed.configs):
-                listener = lambda r, out, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, r, out))  # noqa: E731
-                requests.append(engine.submit(parsed.prompts[index], cfg, listener))
+            requests: list[Request] = engine.submit_all(items)  # all choices or none: nothing to cancel
         except EngineBusy as e:
-            for r in requests:
-                engine.cancel(r)
             raise ApiError(429, f"{e}; retry later") from None
         except ScratchLLMError as e:
-            for r in requests:
-                engine.cancel(r)
             raise ApiError(400, str(e), "prompt") from None
         reply_id = protocol.new_id("chatcmpl" if chat else "cmpl")
         if parsed.stream:
