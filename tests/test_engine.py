@@ -205,3 +205,27 @@ def test_one_prompt_asked_several_times_is_prefilled_once(model):
     cold.run()
     assert [(o.token, o.logprob) for o in b.prompt_logprobs] == [(o.token, o.logprob) for o in c.prompt_logprobs]
     assert b.tokens == c.tokens
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny", "gemma3-tiny"])
+def test_a_shared_prompt_start_is_reused_with_the_tokens_of_cold_requests(preset):
+    """A 30-token system prompt shared by requests arriving one after another: the later ones copy its keys and
+    values from the prefix cache and prefill only their own part, and get exactly the tokens a cold engine
+    without the cache gives (greedy and seeded). Sliding-window models (Gemma 3) keep no prefix."""
+    g = torch.Generator().manual_seed(11)
+    system = torch.randint(0, 500, (30,), generator=g).tolist()
+    asks = [system + torch.randint(0, 500, (k,), generator=g).tolist() for k in (5, 9, 1)]
+    cfgs = [GenerationConfig(max_new_tokens=8), GenerationConfig(max_new_tokens=8, temperature=1.0, seed=4),
+            GenerationConfig(max_new_tokens=8)]  # fmt: skip
+    model = sharp_model(preset)
+    warm, cold = Engine(model, max_batch=2, prepare=False), Engine(model, max_batch=2, prepare=False,
+                                                                   prefix_cache=False)  # fmt: skip
+    for prompt, cfg in zip(asks, cfgs):
+        got, want = warm.submit(prompt, cfg), cold.submit(prompt, cfg)
+        warm.run()
+        cold.run()
+        assert got.tokens == want.tokens
+    sliding = preset == "gemma3-tiny"
+    assert warm.stats.prefix_hits == (0 if sliding else 2) and cold.stats.prefix_hits == 0
+    assert warm.stats.prefix_tokens == (0 if sliding else 60)  # 30 + 30 of 30 + 35 + 39 + 31 prompt positions
+    assert warm.stats.prompt_tokens == sum(len(a) for a in asks)

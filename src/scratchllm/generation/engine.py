@@ -16,6 +16,9 @@ Every inference path goes through `Engine`: `generate()`/`stream_text()` in this
 - A request whose prompt equals one just prefilled (`n > 1` choices, clients sending one prompt together)
   is not prefilled again: it gets a copy of that row and draws its first token from the same logits with its
   own settings (`_fork`, counted in `stats.forked_prefills`).
+- Prefix reuse: one extra row keeps the last long prompt's keys and values; a prompt that starts with at least
+  `PREFIX_MIN` of its tokens copies them and prefills only the rest (`stats.prefix_tokens` over
+  `stats.prompt_tokens` is the hit rate the server's /health reports).
 - Finished rows leave at once; the last live row moves into the gap (a copy of its filled slots) so live
   rows stay contiguous and a step is one slice of the pool, never a gather.
 - Each request samples with its own settings and, with a seed, its own `torch.Generator`: a seeded request
@@ -28,6 +31,7 @@ Every inference path goes through `Engine`: `generate()`/`stream_text()` in this
 from __future__ import annotations
 
 import codecs
+import os
 import threading
 import time
 from collections import deque
@@ -41,6 +45,7 @@ from scratchllm.generation.sampling import SamplingConfig, sample_rows
 from scratchllm.models.attention import KVCache
 
 DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
+PREFIX_MIN = 16  # the shortest shared prompt start worth copying from the prefix cache
 END_OF_TEXT_NAMES = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>", "<|im_end|>", "<|end|>", "<eos>",
                      "<end_of_turn>")  # fmt: skip
 
@@ -183,6 +188,9 @@ class EngineStats:
     decoded_tokens: int = 0  # rows x steps
     largest_batch: int = 0  # most rows decoded together in one step
     forked_prefills: int = 0  # prompts not prefilled because a row with the same prompt was copied
+    prompt_tokens: int = 0  # prompt positions of requests admitted with a prefill
+    prefix_hits: int = 0  # of those requests, how many started from the cached prefix
+    prefix_tokens: int = 0  # positions copied from the cached prefix instead of computed
 
 
 class Engine:
@@ -205,6 +213,7 @@ class Engine:
         compile: bool = False,
         prepare: bool = True,
         fixed_shapes: bool | None = None,
+        prefix_cache: bool = True,
     ):
         if max_batch < 1:
             raise ScratchLLMError(f"max_batch must be >= 1, got {max_batch}")
@@ -218,6 +227,14 @@ class Engine:
         # then decodes the whole pool of rows over every cache slot (unused rows and slots masked).
         self.fixed_shapes = (compile and self.device.type == "cuda") if fixed_shapes is None else fixed_shapes
         self._decode_fn = self._prepare(quantize, compile) if prepare else model
+        # One extra row of the pool keeps the last long prompt's keys and values: a later prompt that starts the
+        # same way (a shared system prompt, a few-shot header) copies them instead of computing them again. Not
+        # with sliding-window layers (their ring no longer holds a prompt's start) or fixed-shape steps (which
+        # write every row of the pool).
+        config = model.config
+        self.prefix_cache = prefix_cache and not self.fixed_shapes and all(
+            config.window(i) is None for i in range(config.n_layers))  # fmt: skip
+        self._prefix: list[int] = []  # the prompt whose keys and values the extra row holds
         self.cache: KVCache | None = None  # allocated on first use
         self.active: list[Request] = []
         self.stats = EngineStats()
@@ -327,7 +344,8 @@ class Engine:
         """Admit waiting requests (prefill each into a free row), then one decode step for all live rows."""
         if self.cache is None:
             dtype = self.model.dtype
-            self.cache = KVCache.allocate(self.model.config, self.max_batch, self.max_seq_len, dtype, self.device)
+            rows = self.max_batch + self.prefix_cache
+            self.cache = KVCache.allocate(self.model.config, rows, self.max_seq_len, dtype, self.device)
             if self.fixed_shapes:
                 for t in self.cache.k + self.cache.v:  # written inside the graph: their addresses never change
                     torch._dynamo.mark_static_address(t)
@@ -353,7 +371,8 @@ class Engine:
                 twin = self._twin(request)
                 self.active.append(request)
                 if twin is None:
-                    self._prefill(request, len(self.active) - 1, request.prompt)
+                    row = len(self.active) - 1
+                    self._prefill(request, row, request.prompt, start=self._reuse_prefix(request, row))
                 else:
                     self._fork(twin, request, len(self.active) - 1)
 
@@ -372,14 +391,28 @@ class Engine:
         self.stats.forked_prefills += 1
         self._emit([request], twin._first_logits[None])
 
-    def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
-        start = time.perf_counter()
+    def _reuse_prefix(self, request: Request, row: int) -> int:
+        """Copy the cached prefix into `row` where the prompt starts with at least PREFIX_MIN of its tokens;
+        returns how many positions need no prefill (never the last: its logits give the first token)."""
+        if not self.prefix_cache or request.cfg.prompt_logprobs is not None:
+            return 0
+        n = min(len(os.path.commonprefix([self._prefix, request.prompt])), len(request.prompt) - 1)
+        if n < PREFIX_MIN:
+            return 0
+        self.cache.copy_row(self.max_batch, row, n)
+        self.stats.prefix_hits += 1
+        self.stats.prefix_tokens += n
+        return n
+
+    def _prefill(self, request: Request, row: int, ids: list[int], start: int = 0) -> None:
+        """Prefill `ids` from position `start` (the cached prefix before it) into `row`, in chunks."""
+        began = time.perf_counter()
         cache = self.cache.select(row, row + 1)
         chunk = request.cfg.prefill_chunk
         tokens = torch.tensor([ids], device=self.device)
         scoring = request.cfg.prompt_logprobs is not None and not request.prompt_logprobs
         every = []
-        for s in range(0, len(ids), chunk):
+        for s in range(start, len(ids), chunk):
             logits = self.model(tokens[:, s : s + chunk], cache=cache, start=s, last_only=not scoring)
             if scoring:
                 every.append(logits[0])
@@ -387,7 +420,12 @@ class Engine:
             self._score_prompt(request, torch.cat(every))
         request._filled = len(ids)
         request._first_logits = logits[0, -1].clone() if ids == request.prompt else None
-        seconds = time.perf_counter() - start
+        if ids == request.prompt:
+            self.stats.prompt_tokens += len(ids)
+            if self.prefix_cache and len(ids) >= PREFIX_MIN and ids != self._prefix:
+                self.cache.copy_row(row, self.max_batch, len(ids))
+                self._prefix = list(ids)
+        seconds = time.perf_counter() - began
         request.prefill_seconds += seconds
         self.stats.prefill_seconds += seconds
         self._emit([request], logits[:, -1])

@@ -111,6 +111,13 @@ class Settings:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def prefix_report(stats) -> dict:
+    """The prefix cache's use: requests that started from it, and the share of prompt positions it served."""
+    rate = stats.prefix_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
+    return {"hits": stats.prefix_hits, "reused_tokens": stats.prefix_tokens, "prompt_tokens": stats.prompt_tokens,
+            "hit_rate": round(rate, 4)}
+
+
 def _host_name(host: str) -> str:
     """'127.0.0.1:8000' -> '127.0.0.1'; '[::1]:8000' -> '::1'."""
     if host.startswith("["):
@@ -194,7 +201,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok" if worker.accepting else "stopping", "running": len(engine.active),
-                "waiting": len(engine._waiting), "forked_prefills": engine.stats.forked_prefills}  # fmt: skip
+                "waiting": len(engine._waiting), "forked_prefills": engine.stats.forked_prefills,
+                "prefix_cache": prefix_report(engine.stats)}  # fmt: skip
 
     card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
             "max_model_len": engine.max_seq_len}  # fmt: skip
