@@ -397,3 +397,20 @@ def test_a_keyless_server_answers_no_other_web_origin_and_no_rebound_host(gpt2_t
     with ServerThread(engine, Settings("m", api_key="k", bind_host="127.0.0.1")) as server:
         headers = {"Origin": "http://evil.example", "Host": "evil.example", "Authorization": "Bearer k"}
         assert httpx.post(server.url + "/v1/completions", json=body, headers=headers).status_code == 200
+
+
+def test_a_shared_system_prompt_is_served_from_the_prefix_cache(served, client, gpt2_tokenizer):
+    """Two chats with one long system prompt: the second starts from the cached prefix (/health counts it)
+    and answers what a cold generation of the same prompt gives."""
+    system = "You are a careful assistant who answers in one short sentence and never makes things up. " * 2
+    before = httpx.get(served.url + "/health").json()["prefix_cache"]
+    replies = []
+    for question in ("Who are you?", "What is the time?"):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        replies.append(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0))
+    after = httpx.get(served.url + "/health").json()["prefix_cache"]
+    assert after["hits"] >= before["hits"] + 1 and after["reused_tokens"] >= before["reused_tokens"] + 30
+    assert 0 < after["hit_rate"] <= 1
+    prompt = STYLES["plain"].render([{"role": "system", "content": system},
+                                     {"role": "user", "content": "What is the time?"}])  # fmt: skip
+    assert replies[1].choices[0].message.content == reference(served, gpt2_tokenizer, prompt, 8)
