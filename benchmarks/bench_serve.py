@@ -9,6 +9,7 @@ at a time (goal: >= 4x at 8 clients). The peer is `transformers serve` (with con
 starts here; its figures are printed beside ours.
 
     .venv/bin/python benchmarks/bench_serve.py [--clients 1,4,8,16] [--max-tokens 64] [--dtype auto]
+    .venv/bin/python benchmarks/bench_serve.py --prefix-only     # the shared-system-prompt comparison alone
 """
 
 from __future__ import annotations
@@ -112,6 +113,46 @@ def run_levels(name: str, url: str, model: str, prompts, levels, rounds, max_tok
     return rows
 
 
+def bench_prefix_reuse(model_name: str, max_tokens: int, system_len: int = 512, requests: int = 8) -> None:
+    """Requests sharing a `system_len`-token system prompt (each with its own 16-token question), one after
+    another, on the engine with its prefix cache and without, in the same process: time to first token and
+    requests/s, and whether the answers are the same."""
+    import torch
+
+    from scratchllm.generation.engine import Engine, GenerationConfig
+    from scratchllm.models import build_model
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = build_model(model_name).eval()
+    g = torch.Generator().manual_seed(1)
+    system = torch.randint(0, model.config.vocab_size, (system_len,), generator=g).tolist()
+    asks = [system + torch.randint(0, model.config.vocab_size, (16,), generator=g).tolist() for _ in range(requests)]
+    cfg = GenerationConfig(max_new_tokens=max_tokens)
+    results = {}
+    with torch.inference_mode():
+        for cached in (False, True):
+            engine = Engine(model, max_batch=1, max_seq_len=system_len + 16 + max_tokens, prefix_cache=cached)
+            engine.submit(asks[0][:32], GenerationConfig(max_new_tokens=2))  # warm-up
+            engine.run()
+            start = time.perf_counter()
+            ttft, tokens = [], []
+            for prompt in asks:
+                r = engine.submit(prompt, cfg)
+                engine.run()
+                ttft.append(r.first_token_at - r.submitted_at)
+                tokens.append(r.tokens)
+            results[cached] = (time.perf_counter() - start, statistics.median(ttft), tokens, engine.stats)
+    (cold_s, cold_ttft, cold_tokens, _), (warm_s, warm_ttft, warm_tokens, stats) = results[False], results[True]
+    rate = stats.prefix_tokens / stats.prompt_tokens
+    print(f"\nshared {system_len}-token system prompt, {requests} requests one after another, {max_tokens} tokens each "
+          f"({model_name}, in-process engine):")
+    print(f"  without the prefix cache: {requests / cold_s:5.2f} requests/s, TTFT p50 {cold_ttft * 1000:6.0f} ms")
+    print(f"  with the prefix cache:    {requests / warm_s:5.2f} requests/s, TTFT p50 {warm_ttft * 1000:6.0f} ms   "
+          f"{cold_s / warm_s:.2f}x throughput, TTFT {cold_ttft / warm_ttft:.1f}x lower; hit rate {rate:.0%}; "
+          f"same tokens: {warm_tokens == cold_tokens}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2-small")
@@ -120,8 +161,12 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    p.add_argument("--prefix-only", action="store_true", help="only the shared-system-prompt comparison")
     args = p.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    if args.prefix_only:
+        bench_prefix_reuse(args.model, args.max_tokens)
+        return
 
     import torch
 
@@ -195,6 +240,7 @@ def main() -> None:
             if p8:
                 print(f"scratchllm vs transformers serve at 8 clients: {at8['tokens_per_s'] / p8['tokens_per_s']:.2f}x")
     print(json.dumps({"ours": mine, "transformers": peer}))
+    bench_prefix_reuse(args.model, args.max_tokens)
 
 
 if __name__ == "__main__":
