@@ -217,17 +217,24 @@ def test_int8_weight_only_quantisation():
     x = torch.randn(3, 5, 96)
     rel = (q(x) - linear(x)).norm() / linear(x).norm()
     assert q.weight_int8.dtype == torch.int8 and rel < 0.01
+    got, expected = quantised_logits(quantize_int8, Int8Linear)
+    assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.999
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+
+
+def quantised_logits(quantize, kind) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tied gpt-tiny's logits after and before `quantize`, which must turn its head and blocks into `kind`
+    (and still generate)."""
     model = build_model("gpt-tiny", tie_embeddings=True).eval()
     idx = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         expected = model(idx)
-        quantize_int8(model)
+        quantize(model)
         got = model(idx)
-    assert isinstance(model.out_head, Int8Linear) and isinstance(model.blocks[0].attn.qkv, Int8Linear)
-    cos = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
-    assert cos > 0.999
-    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert isinstance(model.out_head, kind) and isinstance(model.blocks[0].attn.qkv, kind)
+    assert isinstance(model.blocks[0].ff.fc2, kind)
     assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5
+    return got, expected
 
 
 def test_int4_weight_only_quantisation():
@@ -250,16 +257,8 @@ def test_int4_weight_only_quantisation():
             assert got.dtype == x.dtype and got.shape == want.shape
             assert (got - want).norm() / want.norm() < 0.01  # bf16 activations and scales
             assert 0.02 < (got - linear(x)).norm() / linear(x).norm() < 0.1  # 4 bits do cost precision
-    model = build_model("gpt-tiny", tie_embeddings=True).eval()
-    idx = torch.randint(0, 512, (2, 16))
-    with torch.no_grad():
-        expected = model(idx)
-        quantize_int4(model)
-        got = model(idx)
-    assert isinstance(model.out_head, Int4Linear) and isinstance(model.blocks[0].ff.fc2, Int4Linear)
-    cos = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
-    assert cos > 0.99
-    assert len(generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=5)).tokens[0]) == 5
+    got, expected = quantised_logits(quantize_int4, Int4Linear)
+    assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-moe-tiny", "gemma3-tiny"])
