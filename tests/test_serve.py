@@ -101,6 +101,9 @@ def test_seed_n_and_logprobs(client):
     for i in (1, 2):
         alone = client.completions.create(**{**kwargs, "seed": 5 + i})
         assert many.choices[i].text == alone.choices[0].text
+    zero = client.completions.create(**{**kwargs, "logprobs": 0}).choices[0].logprobs  # the chosen token alone
+    assert [list(top) for top in zero.top_logprobs] == [[t] for t in zero.tokens]
+    assert [top[t] for top, t in zip(zero.top_logprobs, zero.tokens)] == zero.token_logprobs
     lp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                         temperature=0, logprobs=True, top_logprobs=3)  # fmt: skip
     content = lp.choices[0].logprobs.content
@@ -303,9 +306,10 @@ def test_echo_scores_the_prompt_as_transformers_does(served, client, gpt2_tokeni
         assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
         got = choice.logprobs.token_logprobs[1 : len(ids)]
         assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
-        top = choice.logprobs.top_logprobs[1]
+        top = choice.logprobs.top_logprobs[1]  # the 2 best, and the prompt's own token if it is not one of them
         best = logp[0].topk(2)
-        assert list(top.values()) == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert sorted(top.values(), reverse=True)[:2] == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert len(top) <= 3 and top[choice.logprobs.tokens[1]] == pytest.approx(got[0])
         assert reply.usage.completion_tokens == max_tokens
     assert choice.text == prompt + reference(served, gpt2_tokenizer, prompt, 1)
     with pytest.raises(openai.BadRequestError, match="stream"):

@@ -233,6 +233,8 @@ def completion_logprobs(tokenizer, outs: list[TokenOut], offset: int = 0) -> dic
         tokens.append(text)
         logps.append(out.logprob)  # None for an echoed prompt's first token, as OpenAI's
         top = {_token_text(tokenizer, t)[0]: lp for t, lp in out.top_logprobs or []}
+        if out.logprob is not None:  # OpenAI's rule: the chosen token is always shown, so up to logprobs + 1
+            top.setdefault(text, out.logprob)
         tops.append(None if out.logprob is None else top)
         offsets.append(offset)
         offset += len(text)
