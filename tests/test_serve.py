@@ -419,3 +419,24 @@ def test_a_shared_system_prompt_is_served_from_the_prefix_cache(served, client, 
     prompt = STYLES["plain"].render([{"role": "system", "content": system},
                                      {"role": "user", "content": "What is the time?"}])  # fmt: skip
     assert replies[1].choices[0].message.content == reference(served, gpt2_tokenizer, prompt, 8)
+
+
+def test_served_greedy_text_is_transformers_greedy_text(served, client, gpt2_tokenizer):
+    """The independent peer beside the `reference` helper (our own `generate`): transformers' greedy
+    continuation of the same weights, for a completion and for a batch of two prompts served together."""
+    import torch
+    import transformers
+
+    from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
+
+    config = served.engine.model.config
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(config))).eval()
+    hf.load_state_dict(state_dict_to_hf(served.weights, config), strict=False)
+    prompts = ["It had always been", "The picture was hung in the"]
+    replies = client.completions.create(model=MODEL, prompt=prompts, max_tokens=12, temperature=0).choices
+    for prompt, choice in zip(prompts, sorted(replies, key=lambda c: c.index)):
+        ids = torch.tensor([gpt2_tokenizer.encode(prompt)])
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                              do_sample=False, pad_token_id=0)  # fmt: skip
+        assert choice.text == gpt2_tokenizer.decode(out[0, ids.shape[1] :].tolist())
