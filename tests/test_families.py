@@ -20,7 +20,8 @@ import transformers
 from scratchllm.checkpoints.load import load_checkpoint
 from scratchllm.cli.main import main
 from scratchllm.data.instructions import book_split, read_examples
-from scratchllm.generation.engine import Engine, end_of_text_ids
+from scratchllm.generation.engine import Engine
+from scratchllm.generation.stream import end_of_text_ids
 from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
 from scratchllm.tokenizers.formats import load_tokenizer

@@ -70,7 +70,7 @@ def small_run(data_file, out_dir, **kw) -> InstructConfig:
 def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_path, capsys):
     from scratchllm.checkpoints.load import load_checkpoint
     from scratchllm.cli.main import main
-    from scratchllm.generation.engine import end_of_text_ids
+    from scratchllm.generation.stream import end_of_text_ids
 
     result = finetune_instruct(small_run(data_file, tmp_path / "run", mask_prompt=True, max_steps=500, min_lr=2e-3,
                                       warmup_steps=10))  # copying the noun is learnt around step 300

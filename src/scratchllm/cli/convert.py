@@ -60,7 +60,7 @@ def _to_gguf(args: argparse.Namespace) -> int:
     from scratchllm.checkpoints.gguf import modelfile_text, to_gguf
     from scratchllm.checkpoints.load import load_checkpoint
     from scratchllm.files import atomic_write, claim_output_file, refuse_overlap
-    from scratchllm.generation.engine import end_of_text_ids
+    from scratchllm.generation.stream import end_of_text_ids
     from scratchllm.prompts import default_style, get_style
 
     out = Path(args.out)

@@ -72,7 +72,8 @@ def announce_compile(compile: bool) -> None:
 
 
 def generation_config(args, tokenizer):
-    from scratchllm.generation.engine import GenerationConfig, end_of_text_ids
+    from scratchllm.generation.engine import GenerationConfig
+    from scratchllm.generation.stream import end_of_text_ids
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

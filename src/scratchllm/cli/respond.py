@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.data.instructions import book_split, read_examples
     from scratchllm.errors import ScratchLLMError
     from scratchllm.files import claim_output_file, refuse_overlap
-    from scratchllm.generation.engine import end_of_text_ids
+    from scratchllm.generation.stream import end_of_text_ids
     from scratchllm.prompts import get_style
     from scratchllm.training.instruct import respond, write_responses
 

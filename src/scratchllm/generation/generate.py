@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation.engine import Engine, GenerationConfig, StreamDecoder
+from scratchllm.generation.engine import Engine, GenerationConfig
+from scratchllm.generation.stream import StreamDecoder
 
 __all__ = ["Engine", "GenerationConfig", "GenerationResult", "StreamDecoder", "generate", "stream_text"]
 

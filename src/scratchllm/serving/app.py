@@ -31,7 +31,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation.engine import Engine, EngineBusy, Request, end_of_text_ids
+from scratchllm.generation.engine import Engine, EngineBusy, Request
+from scratchllm.generation.stream import end_of_text_ids
 from scratchllm.serving import protocol
 from scratchllm.serving.protocol import ApiError
 

@@ -145,7 +145,7 @@ def finetune_instruct(cfg: InstructConfig, resume: bool = False, overwrite: bool
                       on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Instruction-tune as `cfg` says (or resume); writes the run folder and the test split's responses."""
     from scratchllm.checkpoints.load import load_for_finetuning
-    from scratchllm.generation.engine import end_of_text_ids
+    from scratchllm.generation.stream import end_of_text_ids
 
     dist = init_distributed(cfg.device)
     try:
