@@ -22,8 +22,9 @@ Every inference path goes through `Engine`: `generate()`/`stream_text()` in this
 - Finished rows leave at once; the last live row moves into the gap (a copy of its filled slots) so live
   rows stay contiguous and a step is one slice of the pool, never a gather.
 - Each request samples with its own settings and, with a seed, its own `torch.Generator`: a seeded request
-  draws the same tokens whatever else shares its batch. Stop ids, stop strings (held back by
-  `StreamDecoder` until decided) and `max_new_tokens` end rows one by one.
+  draws the same random numbers whatever else shares its batch (and so the same tokens, unless rounding moves
+  a logit across a near-tie: a one-row step may run another matrix kernel than a batched one, `packed.py`).
+  Stop ids, stop strings (held back by `StreamDecoder` until decided) and `max_new_tokens` end rows one by one.
 - Beyond `max_batch` live rows requests wait in a queue bounded by `max_queue`; `submit` refuses more with
   `EngineBusy` (a server answers 429). `submit` and `cancel` are thread-safe; `step()` runs in one thread.
 """
