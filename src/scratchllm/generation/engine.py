@@ -47,6 +47,8 @@ from scratchllm.models.attention import KVCache
 
 DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
 PREFIX_MIN = 16  # the shortest shared prompt start worth copying from the prefix cache
+
+
 @dataclass
 class GenerationConfig(SamplingConfig):
     max_new_tokens: int = 128
@@ -364,8 +366,9 @@ class Engine:
         if scoring:
             self._score_prompt(request, torch.cat(every))
         request._filled = len(ids)
-        request._first_logits = logits[0, -1].clone() if ids == request.prompt else None
-        if ids == request.prompt:
+        whole_prompt = ids == request.prompt  # not a slide's re-prefill of the prompt's and output's end
+        request._first_logits = logits[0, -1].clone() if whole_prompt else None
+        if whole_prompt:
             self.stats.prompt_tokens += len(ids)
             if self.prefix_cache and len(ids) >= PREFIX_MIN and ids != self._prefix:
                 self.cache.copy_row(row, self.max_batch, len(ids))
