@@ -176,9 +176,9 @@ def test_classification_resume_is_exact(tmp_path, trainable, checkpoint):
 
     def cfg(out):
         return ClassifyConfig(checkpoint=checkpoint, data=str(shared_file(SPAM)), text_column="1", label_column="0",
-                              trainable=trainable, lora_rank=4, epochs=None, max_steps=6, lr=1e-3, save_every=3,
-                              eval_every=3, eval_batches=1, batch_size=4, max_length=32, out_dir=str(out),
-                              progress=False)  # fmt: skip
+                              trainable="last-block", lora=trainable == "lora", lora_rank=4, epochs=None,
+                              max_steps=6, lr=1e-3, save_every=3, eval_every=3, eval_batches=1, batch_size=4,
+                              max_length=32, out_dir=str(out), progress=False)  # fmt: skip
 
     finetune_classifier(cfg(tmp_path / "full"))
 
@@ -196,7 +196,7 @@ def test_classification_resume_is_exact(tmp_path, trainable, checkpoint):
     a, b = load_tensors(tmp_path / "full" / "model.safetensors"), load_tensors(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if trainable == "lora":  # the run folder holds merged weights: a plain classifier loads them
-        from scratchllm.training.classify import load_classifier
+        from scratchllm.checkpoints.load import load_classifier
 
         model, _, _ = load_classifier(tmp_path / "cut")
         assert not any("lora" in k for k in a) and model(torch.tensor([[1, 2, 3]])).shape == (1, 2)
@@ -263,7 +263,7 @@ def test_named_dataset_is_unpacked_from_its_archive_in_the_cache(tmp_path, monke
     """`--data sms-spam` downloads the UCI zip once; here the zip is already in the cache (offline)."""
     import zipfile
 
-    from scratchllm.data.classification import named_dataset
+    from scratchllm.data.registry import dataset_file
 
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
     folder = tmp_path / "datasets" / "sms-spam"
@@ -271,7 +271,7 @@ def test_named_dataset_is_unpacked_from_its_archive_in_the_cache(tmp_path, monke
     with zipfile.ZipFile(folder / "sms_spam_collection.zip", "w") as z:
         z.write(shared_file(SPAM), "SMSSpamCollection")
         z.writestr("readme", "the UCI readme")
-    path = named_dataset("sms-spam")
+    path = dataset_file("sms-spam", "labelled")
     assert path.read_bytes() == shared_file(SPAM).read_bytes()
     from scratchllm.training.classify import load_splits
     from scratchllm.training.config import ClassifyConfig
@@ -297,7 +297,7 @@ def test_book_recipe_runs_offline_on_a_local_gpt2_folder(tmp_path, capsys):
             "32", "--eval-every", "100", "--out-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "data 1,045 / 149 / 300 texts" in out and "pooling last, 130 steps" in out
+    assert "data 1,045 / 149 / 300 texts" in out and "pooling last;" in out and "(last-block), 130 steps" in out
     assert "(last-block)" in out and (tmp_path / "run" / "accuracy.png").exists()
 
 
@@ -323,3 +323,35 @@ def test_classify_reads_the_position_training_read(tmp_path, capsys):
     for truth, guess in zip(test.labels, predicted):
         confusion[truth][guess] += 1
     assert confusion == report["confusion"]
+
+
+def test_every_named_dataset_comes_from_the_one_registry(tmp_path, monkeypatch, capsys):
+    """The book's three datasets are found the same way by the task that reads them (here from a filled cache,
+    as after their first download); a name of another task's kind is refused with the right names."""
+    import shutil
+
+    from scratchllm.cli.main import main
+    from scratchllm.data.registry import DATASETS, dataset_file
+
+    monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
+    for name, source in (("book-instructions", "instruction-data.json"),
+                         ("book-preferences", "ch07/instruction-data-with-preference.json")):  # fmt: skip
+        target = tmp_path / "datasets" / name / DATASETS[name].file
+        target.parent.mkdir(parents=True)
+        shutil.copy(shared_file(source), target)
+    from scratchllm.checkpoints.io import save_model
+    from scratchllm.models import build_model
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    book = shared_file("instruction-data.json").read_bytes()
+    assert dataset_file("book-instructions", "instructions").read_bytes() == book
+    save_model(build_model("gpt-tiny", vocab_size=50257, context_length=32), tmp_path / "model")
+    load_tokenizer("gpt2").save(tmp_path / "model" / "scratchllm-tokenizer.json")
+    assert main(["respond", "--checkpoint", str(tmp_path / "model"), "--style", "alpaca", "--data",
+                 "book-instructions", "--max-new-tokens", "1", "--out", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    assert len(json.loads((tmp_path / "r.json").read_text())) == 110  # the book's test split
+    capsys.readouterr()
+    assert main(["finetune", "classify", "--data", "book-preferences", "--checkpoint", "gpt-tiny",
+                 "--out-dir", str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "not a named labelled dataset (sms-spam)" in err and not (tmp_path / "run").exists()

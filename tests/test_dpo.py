@@ -32,11 +32,12 @@ def test_loss_values():
 def test_log_probs_cover_response_tokens_only(reduce):
     torch.manual_seed(0)
     model = build_model("gpt-tiny").eval()
-    pairs = [([5, 6, 7], [8, 9], [10]), ([11, 12], [13, 14, 15, 16], [17, 18])]  # prompts of different lengths
+    triples = [([5, 6, 7], [8, 9], [10]), ([11, 12], [13, 14, 15, 16], [17, 18])]  # prompts of different lengths
+    pairs = [(p + c, p + r, len(p)) for p, c, r in triples]
     ci, ct, cm, ri, rt, rm = collate_pairs(pairs, pad_id=0, max_length=64)
     with torch.no_grad():
         got = sequence_logp(model, ci, ct, cm, reduce)
-        for row, (prompt, chosen, _) in enumerate(pairs):
+        for row, (prompt, chosen, _) in enumerate(triples):
             seq = torch.tensor([prompt + chosen])
             logp = torch.log_softmax(model(seq[:, :-1]), -1)[0]
             picked = [logp[j - 1, seq[0, j]].item() for j in range(len(prompt), seq.shape[1])]  # response only

@@ -21,11 +21,12 @@ from scratchllm.checkpoints.load import load_checkpoint
 from scratchllm.cli.main import main
 from scratchllm.data.instructions import book_split, read_examples
 from scratchllm.generation.engine import Engine
+from scratchllm.generation.respond import respond
 from scratchllm.generation.stream import end_of_text_ids
 from scratchllm.prompts import STYLES
 from scratchllm.serving.app import Settings
 from scratchllm.tokenizers.formats import load_tokenizer
-from scratchllm.training.instruct import finetune_instruct, respond
+from scratchllm.training.instruct import finetune_instruct
 from tests.hf_families import gemma_style_sentencepiece, hf_model, qwen_style_tokenizer
 from tests.serving_helpers import ServerThread
 from tests.test_instruct import COLORS, small_run
@@ -74,7 +75,8 @@ def test_family_lora_fine_tune_exports_and_serves(arch, style, data_file, tmp_pa
     stop_ids = end_of_text_ids(loaded.tokenizer)
     end_of_turn = "<end_of_turn>" if arch == "gemma3" else "<|im_end|>"
     assert loaded.tokenizer.special_tokens[end_of_turn] in stop_ids
-    answers = respond(loaded.model, loaded.tokenizer, train, stop_ids, STYLES[style], 32)
+    answers = respond(loaded.model, loaded.tokenizer, [e.prompt for e in train], stop_ids, STYLES[style].stop_strings,
+                      32)
     assert answers == [ex.response for ex in train]
 
     # The run's PEFT adapter on the transformers base, and the merged HF export, give our logits.

@@ -353,18 +353,18 @@ def test_respond_never_writes_over_its_records(model_dir, tmp_path, capsys):
 
 
 def test_resume_with_a_changed_shape_flag_is_refused_before_anything_is_written(tmp_path, capsys):
-    """`--resume --trainable all` or `--lora-rank 8` on a LoRA run would rebuild another model: one line, and the
+    """`--resume --no-lora` or `--lora-rank 8` on a LoRA run would rebuild another model: one line, and the
     run folder (config.yaml included) stays as it was, so the run still resumes."""
     data = tmp_path / "texts.csv"
     data.write_text("text,label\n" + "".join(f"message number {i},{'spam' if i % 2 else 'ham'}\n" for i in range(40)))
     run = tmp_path / "run"
     base = ["finetune", "classify", "--checkpoint", "gpt-tiny", "--data", str(data), "--out-dir", str(run),
-            "--trainable", "lora", "--lora-rank", "4", "--epochs", "1", "--batch-size", "4", "--eval-batches", "1",
+            "--lora", "--lora-rank", "4", "--epochs", "1", "--batch-size", "4", "--eval-batches", "1",
             "--no-progress"]  # fmt: skip
     assert main(base) == 0
     capsys.readouterr()
     before = snapshot(run)
-    for changed in (["--trainable", "all"], ["--lora-rank", "8"], ["--checkpoint", "llama-tiny"]):
+    for changed in (["--no-lora"], ["--lora-rank", "8"], ["--checkpoint", "llama-tiny"]):
         resumed = ["finetune", "classify", "--out-dir", str(run), "--resume", *changed]
         fails(capsys, resumed, "--resume:", "differs from the run's")
         assert snapshot(run) == before, changed

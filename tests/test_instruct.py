@@ -10,9 +10,10 @@ import torch
 
 from scratchllm.data.instructions import book_split, collate, read_examples
 from scratchllm.errors import ScratchLLMError
+from scratchllm.generation.respond import respond
 from scratchllm.prompts import STYLES
 from scratchllm.training.config import InstructConfig
-from scratchllm.training.instruct import finetune_instruct, respond
+from scratchllm.training.instruct import finetune_instruct
 from tests.conftest import shared_file
 
 THINGS = ["apple", "sky", "grass", "sun", "grape", "carrot", "coal", "snow", "rose", "bear"]
@@ -81,7 +82,8 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     examples = read_examples(data_file, STYLES["alpaca"])
     train = book_split(examples)[0]
     stop_ids = end_of_text_ids(loaded.tokenizer)
-    answers = respond(loaded.model, loaded.tokenizer, train[:8], stop_ids, STYLES["alpaca"], 16)
+    answers = respond(loaded.model, loaded.tokenizer, [e.prompt for e in train[:8]], stop_ids,
+                      STYLES["alpaca"].stop_strings, 16)
     assert answers == [ex.response for ex in train[:8]]
     saved = json.loads((run / "test-responses.json").read_text())
     assert [r["instruction"] for r in saved] == [ex.record["instruction"] for ex in book_split(examples)[2]]

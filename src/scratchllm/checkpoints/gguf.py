@@ -31,9 +31,9 @@ def _gguf():
 
 def gguf_tensors(model) -> dict:
     """llama.cpp's tensors of `model` (float32, our (out, in) layout) under its names."""
-    from scratchllm.models.lora import has_lora, merged_state_dict
+    from scratchllm.models.lora import merged_state_dict
 
-    sd = merged_state_dict(model) if has_lora(model) else model.state_dict()  # a LoRA model: adapters folded in
+    sd = merged_state_dict(model)  # a LoRA model: adapters folded in
     return model.config.family.gguf_tensors({k: v.detach() for k, v in sd.items()}, model.config)
 
 

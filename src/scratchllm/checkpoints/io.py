@@ -141,14 +141,13 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], w
 
 def save_model(model, folder: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model_config.json` and `model.safetensors` (default: the full weights, LoRA adapters merged)."""
-    from scratchllm.models.lora import has_lora, merged_state_dict
+    from scratchllm.models.lora import merged_state_dict
 
     folder = Path(folder)
     config_json = json.dumps(model.config.to_dict(), indent=2)
     atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_json))
     if tensors is None:
-        adapted = isinstance(model, torch.nn.Module) and has_lora(model)
-        tensors = merged_state_dict(model) if adapted else model.state_dict()
+        tensors = merged_state_dict(model) if isinstance(model, torch.nn.Module) else model.state_dict()
     save_tensors(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt", "producer": "scratchllm"})
     return folder
 

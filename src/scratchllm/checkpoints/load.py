@@ -22,6 +22,7 @@ import torch
 from scratchllm.checkpoints.io import CONFIG_FILE, load_model_folder, load_tensors
 from scratchllm.errors import ScratchLLMError
 from scratchllm.hardware import check_device, default_device, resolve_dtype
+from scratchllm.models.classifier import CLASSIFIER_FILE
 
 
 @dataclass
@@ -180,7 +181,7 @@ def load_checkpoint(spec: str | Path, dtype: str | None = "auto", device: str | 
             raise ScratchLLMError(message) from None
     torch_dtype = resolve_dtype(dtype, device, _stored_dtype(path) if path.is_dir() else None)
     if path.is_dir():
-        if (path / "classifier.json").exists():
+        if (path / CLASSIFIER_FILE).exists():
             raise ScratchLLMError(f"{path}: a classifier run folder (finetune classify); use `scratchllm classify`")
         if (path / CONFIG_FILE).exists():
             loaded = Loaded(load_model_folder(path, torch_dtype, device), _tokenizer_in(path), "scratchllm",
@@ -231,3 +232,25 @@ def load_for_finetuning(spec: str, tokenizer_spec: str | None, seed: int, device
         raise ScratchLLMError(f"--checkpoint {spec}: no tokenizer with it; pass --tokenizer")
     check_tokenizer_fits(model, tokenizer, tokenizer_spec or spec)
     return model, tokenizer
+
+
+def load_classifier(folder: str | Path, device: str = "cpu"):
+    """(SequenceClassifier, tokenizer, info) from a `finetune classify` run folder."""
+    from scratchllm.checkpoints.io import WEIGHTS_FILE, check_state_dict, read_model_config, tied_aliases
+    from scratchllm.files import read_json
+    from scratchllm.models import Transformer
+    from scratchllm.models.classifier import SequenceClassifier
+    from scratchllm.tokenizers.formats import load_tokenizer
+
+    folder = Path(folder)
+    if not (folder / CLASSIFIER_FILE).exists():
+        raise ScratchLLMError(f"{folder}: not a classifier run folder (no {CLASSIFIER_FILE}); see finetune classify")
+    info = read_json(folder / CLASSIFIER_FILE)
+    model = SequenceClassifier(Transformer(read_model_config(folder)), len(info["labels"]), info["pooling"],
+                               info["pad_id"])  # fmt: skip
+    tensors = load_tensors(folder / WEIGHTS_FILE)
+    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
+    for alias, name in tied_aliases(model).items():
+        tensors.setdefault(alias, tensors[name])
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), load_tokenizer(folder), info

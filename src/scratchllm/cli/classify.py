@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from scratchllm.checkpoints.load import load_classifier
     from scratchllm.data.classification import pad_rows
     from scratchllm.errors import ScratchLLMError
     from scratchllm.hardware import check_device, default_device
-    from scratchllm.training.classify import load_classifier
 
     texts = _texts(args)
     model, tokenizer, info = load_classifier(args.checkpoint, check_device(args.device or default_device()))

@@ -1,5 +1,5 @@
 """`scratchllm finetune classify|instruct|dpo`: a text classifier (book ch. 6), an instruction-following model
-(book ch. 7, LoRA from appendix E with --lora / --trainable lora), or a preference-tuned one (DPO).
+(book ch. 7), each with LoRA adapters from appendix E (--lora), or a preference-tuned one (DPO).
 
 Starts from any --checkpoint (a run folder, a HuggingFace or Meta folder, a hub name such as `gpt2`, or a
 preset for random weights), reads a CSV/TSV/JSONL file of labelled texts (or the named dataset `sms-spam`,

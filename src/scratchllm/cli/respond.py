@@ -17,7 +17,7 @@ def register(sub) -> None:
     p = sub.add_parser("respond", help="responses of a fine-tuned model to instruction records (JSON)",
                        description=__doc__)  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="a fine-tuned run folder (or any model with --style)")
-    p.add_argument("--data", required=True, help="JSON or JSONL instruction records")
+    p.add_argument("--data", required=True, help="JSON or JSONL instruction records, or book-instructions")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
                    help="the book's 85/10/5 split in file order (default: test)")  # fmt: skip
     p.add_argument("--out", default="responses.json", help="output JSON file")
@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from scratchllm.checkpoints.load import load_checkpoint
-    from scratchllm.data.instructions import book_split, read_examples
+    from scratchllm.data.instructions import book_split, read_examples, write_responses
+    from scratchllm.data.registry import dataset_file
     from scratchllm.errors import ScratchLLMError
     from scratchllm.files import claim_output_file, refuse_overlap
+    from scratchllm.generation.respond import respond
     from scratchllm.generation.stream import end_of_text_ids
     from scratchllm.prompts import get_style
-    from scratchllm.training.instruct import respond, write_responses
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ScratchLLMError("--max-new-tokens and --batch-size must be >= 1")
@@ -52,15 +53,15 @@ def run(args: argparse.Namespace) -> int:
     if loaded.tokenizer is None:
         raise ScratchLLMError(f"{args.checkpoint}: no tokenizer found with this checkpoint")
     style = get_style(name)
-    examples = read_examples(args.data, style)
+    examples = read_examples(dataset_file(args.data, "instructions"), style)
     if args.split != "all":
         train, val, test = book_split(examples)
         examples = {"train": train, "val": val, "test": test}[args.split]
         if not examples:  # a small file's 5% / 10% split can round to nothing: say so, write nothing
             raise ScratchLLMError(f"{args.data}: its {args.split} split is empty ({len(train) + len(val) + len(test)} "
                                   "records split 85/10/5); pass --split all or another split")  # fmt: skip
-    answers = respond(loaded.model, loaded.tokenizer, examples, end_of_text_ids(loaded.tokenizer), style,
-                      args.max_new_tokens, args.batch_size, progress=True)  # fmt: skip
+    answers = respond(loaded.model, loaded.tokenizer, [e.prompt for e in examples], end_of_text_ids(loaded.tokenizer),
+                      style.stop_strings, args.max_new_tokens, args.batch_size, progress=True)  # fmt: skip
     write_responses(Path(out), examples, answers)
     print(f"{len(examples)} responses ({style.name} style) written to {out}")
     return 0

@@ -29,31 +29,6 @@ import torch
 
 from scratchllm.errors import ScratchLLMError
 
-# Named datasets: where they come from online, and how their file is laid out.
-SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
-NAMED = {"sms-spam": {"label": "0", "text": "1", "format": "tsv"}}
-
-
-def named_dataset(name: str) -> Path:
-    """The file of a named dataset, downloaded once into the cache (`sms-spam`: the UCI archive)."""
-    import zipfile
-
-    from scratchllm.files import atomic_write
-    from scratchllm.hub import cache_dir, download_file
-
-    if name != "sms-spam":
-        raise ScratchLLMError(f"unknown dataset {name!r} (named datasets: {', '.join(NAMED)})")
-    target = cache_dir() / "datasets" / name / "SMSSpamCollection.tsv"
-    if not target.exists():
-        archive = download_file(SMS_SPAM_URL, target.with_name("sms_spam_collection.zip"))
-        try:
-            with zipfile.ZipFile(archive) as z:
-                data = z.read("SMSSpamCollection")
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise ScratchLLMError(f"{archive}: not the SMS Spam archive ({e}); delete it and retry") from None
-        atomic_write(target, lambda tmp: tmp.write_bytes(data))
-    return target
-
 
 @dataclass
 class Labelled:

@@ -93,6 +93,15 @@ def read_examples(path: str | Path, style: PromptStyle) -> list[Example]:
     return [to_example(r, style, f"{path}: record {i}") for i, r in enumerate(read_records(path))]
 
 
+def write_responses(path: Path, examples: list[Example], answers: list[str]) -> None:
+    """The book's response file (ch. 7.7): each record plus its `model_response`, written atomically."""
+    from scratchllm.files import atomic_write
+
+    records = [{**ex.record, "model_response": a} for ex, a in zip(examples, answers)]
+    text = json.dumps(records, indent=1, ensure_ascii=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def book_split(items: list, train: float = 0.85, test: float = 0.10) -> tuple[list, list, list]:
     """(train, validation, test) in file order, as the book splits (int() of each share; validation the rest)."""
     n_train, n_test = int(len(items) * train), int(len(items) * test)

@@ -21,6 +21,7 @@ from torch import nn
 from scratchllm.errors import ScratchLLMError
 
 POOLINGS = ("last", "last-non-pad", "first", "mean")
+CLASSIFIER_FILE = "classifier.json"  # a classifier run folder's labels, pooling, pad id and padded length
 
 
 class SequenceClassifier(nn.Module):

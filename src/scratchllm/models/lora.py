@@ -17,7 +17,8 @@ Decisions:
 - A head tied to the embedding gets its own copy when it is adapted (the book's GPTModel has one anyway).
 - A mixture of experts' experts are stacked Parameters, not Linear layers: LoRA adapts its attention and head.
 - Only the adapters train: `apply_lora` freezes every other parameter. `merge_lora` folds the update into
-  the weights for export or fast inference; `lora_state_dict` is what a LoRA run's checkpoints hold.
+  the weights for export or fast inference; `merged_state_dict` is what every saved model holds and
+  `checkpoint_tensors` what a training checkpoint holds (adapters alone for an adapted model).
 """
 
 from __future__ import annotations
@@ -88,11 +89,15 @@ class LoRALinear(nn.Linear):
         """(out, in) update B A * scaling (slice s: B_s A_s)."""
         return self.b_matrix() @ self.lora_A * self.scaling
 
+    def merged_weight(self) -> torch.Tensor:
+        """W + B A * scaling: the one merge formula (export, merging, and the fused head + loss use it)."""
+        return self.weight + self.delta_weight().to(self.weight.dtype)
+
     @property
     def effective_weight(self) -> torch.Tensor:
-        """W + B A * scaling, differentiable in the adapters: lets the fused head + loss train an adapted head
+        """The merged weight, differentiable in the adapters: lets the fused head + loss train an adapted head
         without materialising every logit."""
-        return self.weight + self.delta_weight().to(self.weight.dtype) if self.enabled else self.weight
+        return self.merged_weight() if self.enabled else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
@@ -158,18 +163,27 @@ def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only (what a LoRA run's checkpoints hold)."""
+    """The adapter tensors only."""
     return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+# How an adapted model is saved and resumed is decided here, for every caller: a model's weights on disk
+# (run folders, HF and GGUF exports) are always merged; a training checkpoint of an adapted model holds its
+# adapters alone, since resuming rebuilds the frozen base from --checkpoint.
+
+
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a training checkpoint of `model` holds: an adapted model's adapters, any other model's state."""
+    return lora_state_dict(model) if has_lora(model) else model.state_dict()
 
 
 @torch.no_grad()
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every adapter folded into its base weight (the model itself unchanged)."""
-    layers = lora_layers(model)
+    """The model's weights as saved: every adapter folded into its base weight (the model itself unchanged;
+    a model without adapters gives its plain state dict)."""
     out = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
-    for name, layer in layers.items():
-        merged = layer.weight + layer.delta_weight().to(layer.weight.dtype)
-        out[f"{name}.weight"] = merged
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.weight"] = layer.merged_weight()
     return out
 
 
@@ -182,7 +196,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             return layer
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                           device=layer.weight.device, dtype=layer.weight.dtype)  # fmt: skip
-        plain.weight.copy_(layer.weight + layer.delta_weight().to(layer.weight.dtype))
+        plain.weight.copy_(layer.merged_weight())
         if layer.bias is not None:
             plain.bias.copy_(layer.bias)
         return plain

@@ -1,8 +1,8 @@
 """Classification fine-tuning (book ch. 6) as a task of the shared training loop.
 
-`finetune_classifier` loads any `--checkpoint` (run folder, HF or Meta folder, hub name, or a preset for
-random weights), replaces its output by a `SequenceClassifier` head, freezes what `trainable` says, reads
-and splits the labelled data, and hands everything to `fit`. Batches are the book's DataLoader as a
+`ClassifyJob` is the task's page for the one fine-tuning runner (`training/finetune.py`): it reads and
+splits the labelled data, puts a `SequenceClassifier` head on the checkpoint, freezes what `trainable` says
+(or the runner adds LoRA adapters), and pads every split to the training length. Batches are the book's DataLoader as a
 function of the step: the training split reshuffled every epoch (a seeded permutation, so resuming needs no
 state), the last incomplete batch dropped. Evaluation reports loss and accuracy on the first
 `eval_batches` batches of the training and validation splits, as the book's `calc_accuracy_loader` with
@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from scratchllm.data.classification import NAMED, Encoded, balance, encode, read_labelled, split
-from scratchllm.errors import ScratchLLMError
-from scratchllm.files import atomic_write
-from scratchllm.models.classifier import SequenceClassifier, set_trainable
+from scratchllm.data.classification import Encoded, balance, encode, read_labelled, split
+from scratchllm.models.classifier import CLASSIFIER_FILE, SequenceClassifier, set_trainable
 from scratchllm.training.config import ClassifyConfig
-from scratchllm.training.distributed import init_distributed, shutdown
-from scratchllm.training.loop import RunResult, Task, claim_run_dir, epoch_rows, fit, open_run_dir
-
-CLASSIFIER_FILE = "classifier.json"
+from scratchllm.training.finetune import FinetuneJob, run_finetune
+from scratchllm.training.loop import RunResult, Task, epoch_rows
 
 
 class ClassifyTask(Task):
@@ -103,11 +98,12 @@ def format_report(report: dict, split_name: str) -> str:
 
 def load_splits(cfg: ClassifyConfig) -> tuple:
     """Read, balance and split the labelled data as the config says; returns (train, val, test)."""
-    from scratchllm.data.classification import named_dataset
+    from scratchllm.data.registry import fetch, named
 
-    if cfg.data in NAMED and not Path(cfg.data).exists():
-        layout = NAMED[cfg.data]
-        data = read_labelled(named_dataset(cfg.data), layout["text"], layout["label"], layout["format"])
+    found = named(cfg.data, "labelled")
+    if found is not None:
+        text, label, fmt = found.columns
+        data = read_labelled(fetch(found), text, label, fmt)
     else:
         data = read_labelled(cfg.data, cfg.text_column, cfg.label_column)
     if cfg.balance:
@@ -115,68 +111,43 @@ def load_splits(cfg: ClassifyConfig) -> tuple:
     return split(data, cfg.train_fraction, cfg.val_fraction, cfg.split_seed)
 
 
+class ClassifyJob(FinetuneJob):
+    """Chapter 6: the checkpoint under a new classification head, trained on labelled texts."""
+
+    unit = "texts"
+    causal_lm = False
+
+    def read(self) -> None:
+        self.train, self.val, self.test = load_splits(self.cfg)
+
+    def model(self, backbone, tokenizer):
+        self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+        return SequenceClassifier(backbone, len(self.train.names), self.cfg.pooling, self.pad_id)
+
+    def freeze(self, model) -> None:
+        set_trainable(model, self.cfg.trainable)
+
+    def task(self, model, tokenizer, dist):
+        cfg, limit = self.cfg, model.backbone.config.context_length
+        self.splits = {"train": encode(self.train, tokenizer, self.pad_id, cfg.max_length, limit)}
+        self.length = self.splits["train"].ids.shape[1]
+        self.splits["val"], self.splits["test"] = (encode(s, tokenizer, self.pad_id, self.length)
+                                                   for s in (self.val, self.test))  # fmt: skip
+        return ClassifyTask(self.splits, self.train.names, cfg), len(self.train)
+
+    def files(self) -> dict[str, str]:
+        info = {"labels": self.train.names, "pooling": self.cfg.pooling, "pad_id": self.pad_id,
+                "max_length": self.length}  # fmt: skip
+        return {CLASSIFIER_FILE: json.dumps(info, indent=2)}
+
+    def describe(self) -> str:
+        truncated = sum(s.truncated for s in self.splits.values())
+        return (f"data {len(self.train):,} / {len(self.val):,} / {len(self.test):,} texts (train / validation / "
+                f"test), labels {self.train.counts()}, padded to {self.length} tokens"
+                + (f", {truncated} truncated" if truncated else "") + f", pooling {self.cfg.pooling}")  # fmt: skip
+
+
 def finetune_classifier(cfg: ClassifyConfig, resume: bool = False, overwrite: bool = False,
                         on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Fine-tune a classifier as `cfg` says (or resume it); returns the run folder and metrics."""
-    from scratchllm.checkpoints.load import load_for_finetuning
-
-    dist = init_distributed(cfg.device)
-    try:
-        run_dir = Path(cfg.out_dir)
-        replacing = claim_run_dir(run_dir, resume, overwrite, {"--checkpoint": cfg.checkpoint, "--data": cfg.data,
-                                   "--tokenizer": cfg.tokenizer}, cfg) if dist.is_main else False  # fmt: skip
-        train, val, test = load_splits(cfg)
-        backbone, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
-        pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-        limit = backbone.config.context_length
-        splits = {"train": encode(train, tokenizer, pad_id, cfg.max_length, limit)}
-        length = splits["train"].ids.shape[1]
-        splits["val"], splits["test"] = (encode(s, tokenizer, pad_id, length) for s in (val, test))
-        torch.manual_seed(cfg.seed)
-        model = SequenceClassifier(backbone, len(train.names), cfg.pooling, pad_id).to(dist.device)
-        if cfg.trainable == "lora":  # appendix E: adapters on every Linear incl. the new head, all else frozen
-            from scratchllm.models.lora import apply_lora
-
-            apply_lora(model, cfg.lora_config())
-        else:
-            set_trainable(model, cfg.trainable)
-        rows = cfg.batch_size * cfg.grad_accum * dist.world_size
-        if len(train) < rows:
-            raise ScratchLLMError(f"{cfg.data}: {len(train)} training texts, fewer than a batch of {rows}")
-        if cfg.epochs is not None:
-            cfg.max_steps = cfg.epochs * (len(train) // rows)
-        if dist.is_main:
-            open_run_dir(run_dir, replacing, cfg, tokenizer)
-            info = {"labels": train.names, "pooling": cfg.pooling, "pad_id": pad_id, "max_length": length}
-            atomic_write(run_dir / CLASSIFIER_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
-            truncated = sum(s.truncated for s in splits.values())
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"data {len(train):,} / {len(val):,} / {len(test):,} texts (train / validation / test), "
-                  f"labels {train.counts()}, padded to {length} tokens"
-                  + (f", {truncated} truncated" if truncated else "")
-                  + f"; {trainable:,} trainable parameters ({cfg.trainable}), pooling {cfg.pooling}, "
-                  f"{cfg.max_steps} steps")  # fmt: skip
-        return fit(model, ClassifyTask(splits, train.names, cfg), cfg, run_dir, dist, resume, on_step)
-    finally:
-        shutdown(dist)
-
-
-def load_classifier(folder: str | Path, device: str = "cpu"):
-    """(SequenceClassifier, tokenizer, info) from a `finetune classify` run folder."""
-    from scratchllm.checkpoints.io import WEIGHTS_FILE, check_state_dict, load_tensors, read_model_config, tied_aliases
-    from scratchllm.files import read_json
-    from scratchllm.models import Transformer
-    from scratchllm.tokenizers.formats import load_tokenizer
-
-    folder = Path(folder)
-    if not (folder / CLASSIFIER_FILE).exists():
-        raise ScratchLLMError(f"{folder}: not a classifier run folder (no {CLASSIFIER_FILE}); see finetune classify")
-    info = read_json(folder / CLASSIFIER_FILE)
-    model = SequenceClassifier(Transformer(read_model_config(folder)), len(info["labels"]), info["pooling"],
-                               info["pad_id"])  # fmt: skip
-    tensors = load_tensors(folder / WEIGHTS_FILE)
-    check_state_dict(model, tensors, str(folder / WEIGHTS_FILE))
-    for alias, name in tied_aliases(model).items():
-        tensors.setdefault(alias, tensors[name])
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), load_tokenizer(folder), info
+    return run_finetune(ClassifyJob(cfg), resume, overwrite, on_step)

@@ -131,15 +131,45 @@ class PretrainConfig(TrainSettings):
 
 
 @dataclass
-class LoRASettings:
-    """LoRA fields shared by the fine-tuning configs (used when the task trains adapters)."""
+class FinetuneSettings(TrainSettings):
+    """What every fine-tuning task shares: where it starts, its data, one adapter switch, and the book's
+    chapter 6 and 7 recipe (AdamW lr 5e-5 constant, weight decay 0.1, betas (0.9, 0.999), no clipping, batch
+    8, fp32), which a task restates only where the book's own recipe for it differs."""
 
+    checkpoint: str = "gpt2"  # what to start from: run folder, HF/Meta folder, hub name, or random:PRESET
+    tokenizer: str | None = None  # default: the checkpoint's (GPT-2's for a preset)
+    data: str = ""  # a file, or a named dataset (data/registry.py)
+    epochs: int | None = 1  # sets max_steps from the training split's size; null to use max_steps
+    max_length: int | None = None  # truncate examples (default: the task's, at most the context)
+    # LoRA (appendix E): adapters on a frozen model instead of training its weights
+    lora: bool = False
     lora_rank: int = 16
     lora_alpha: float = 16.0  # the update is scaled by alpha / rank (PEFT's rule; the printed book's 16 = 256 here)
     lora_dropout: float = 0.0
     lora_targets: str = "all"  # "all" (every Linear incl. the head) or a comma list: qkv,proj,fc1,fc2,...
+    # the book's settings
+    batch_size: int = 8
+    lr: float = 5e-5
+    min_lr: float = 5e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    dtype: str = "fp32"
+    eval_every: int = 5
+    eval_batches: int = 5
 
-    fields: ClassVar[tuple[str, ...]] = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+    lora_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", *lora_fields)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs is not None:
+            self._at_least("epochs", 1)
+        if self.max_length is not None:
+            self._at_least("max_length", 2)
+        if self.lora:
+            self.lora_config()  # checks the LoRA fields now
 
     def lora_config(self):
         from scratchllm.models.lora import LoRAConfig
@@ -149,9 +179,7 @@ class LoRASettings:
 
 
 @dataclass
-class ClassifyConfig(TrainSettings, LoRASettings):
-    checkpoint: str = "gpt2"  # what to start from: run folder, HF/Meta folder, hub name, or a preset (random)
-    tokenizer: str | None = None  # default: the checkpoint's (GPT-2's for a preset)
+class ClassifyConfig(FinetuneSettings):
     data: str = "sms-spam"  # a CSV/TSV/JSONL file, or a named dataset
     text_column: str = "text"  # a header name / JSONL key, or a 0-based column number for headerless files
     label_column: str = "label"
@@ -159,65 +187,40 @@ class ClassifyConfig(TrainSettings, LoRASettings):
     train_fraction: float = 0.7
     val_fraction: float = 0.1  # the rest is the test split
     split_seed: int = 123
-    trainable: str = "last-block"  # head, last-block (+ final norm), last-two-blocks, all, lora
+    trainable: str = "last-block"  # without LoRA: head, last-block (+ final norm), last-two-blocks, all
     pooling: str = "last"  # last, last-non-pad, first, mean
-    epochs: int | None = 5  # sets max_steps from the training split's size; null to use max_steps
+    epochs: int | None = 5
     max_length: int | None = None  # default: the longest training text, at most the context
-    # the book's settings
-    lr: float = 5e-5
-    min_lr: float = 5e-5
-    warmup_steps: int = 0
-    weight_decay: float = 0.1
-    beta2: float = 0.999
-    grad_clip: float = 0.0
-    dtype: str = "fp32"
     eval_every: int = 50
-    eval_batches: int = 5
     out_dir: str = "runs/classify"
 
     what: ClassVar[str] = "classification config"
-    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "text_column", "label_column",
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (*FinetuneSettings.fixed_on_resume, "text_column", "label_column",
                                                   "balance", "train_fraction", "val_fraction", "split_seed",
-                                                  "trainable", "pooling", "max_length",
-                                                  *LoRASettings.fields)  # fmt: skip
+                                                  "trainable", "pooling", "max_length")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.trainable == "lora":  # the one adapter switch is `lora`; older configs and run folders said this
+            self.lora, self.trainable = True, "last-block"
         super().__post_init__()
         self._one_of("pooling", ("last", "last-non-pad", "first", "mean"))
-        self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all", "lora"))
-        if self.epochs is not None:
-            self._at_least("epochs", 1)
-        if self.trainable == "lora":
-            self.lora_config()  # checks the LoRA fields now
+        self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all"))
 
 
 @dataclass
-class InstructConfig(TrainSettings, LoRASettings):
+class InstructConfig(FinetuneSettings):
     checkpoint: str = "gpt2-medium"  # the book's GPT-2 medium (355M); any run folder, HF/Meta folder, hub name
-    tokenizer: str | None = None
     data: str = "book-instructions"  # JSON/JSONL records, or the book's 1,100 records (downloaded once)
     style: str = "alpaca"  # prompt style (scratchllm.prompts): alpaca, phi3, chatml, llama3, plain
     mask_prompt: bool = False  # also ignore the prompt's tokens in the loss (the book: off)
-    max_length: int | None = None  # truncate examples (default: the model's context length)
-    lora: bool = False  # train LoRA adapters (lora_* fields) instead of every weight
-    epochs: int | None = 2  # sets max_steps from the training split's size; null to use max_steps
+    epochs: int | None = 2
     samples: int = 1  # validation responses printed at each evaluation
     response_tokens: int = 256  # at most this many tokens per generated response
-    # the book's settings
-    batch_size: int = 8
-    lr: float = 5e-5
-    min_lr: float = 5e-5
-    warmup_steps: int = 0
-    weight_decay: float = 0.1
-    beta2: float = 0.999
-    grad_clip: float = 0.0
-    eval_every: int = 5
-    eval_batches: int = 5
+    dtype: str = "auto"  # bf16 autocast where the CPU or GPU has it natively (the book: fp32, --dtype fp32)
     out_dir: str = "runs/instruct"
 
     what: ClassVar[str] = "instruction fine-tuning config"
-    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "lora",
-                                                  *LoRASettings.fields)  # fmt: skip
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (*FinetuneSettings.fixed_on_resume, "style")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -226,40 +229,26 @@ class InstructConfig(TrainSettings, LoRASettings):
         get_style(self.style)
         for name in ("samples", "response_tokens"):
             self._at_least(name, 0)
-        if self.epochs is not None:
-            self._at_least("epochs", 1)
-        if self.max_length is not None:
-            self._at_least("max_length", 2)
-        if self.lora:
-            self.lora_config()
+
 
 @dataclass
-class DPOConfig(TrainSettings, LoRASettings):
+class DPOConfig(FinetuneSettings):
     checkpoint: str = "runs/instruct-book"  # the instruction-tuned model to start from (and the reference)
-    tokenizer: str | None = None
     data: str = "book-preferences"  # JSON/JSONL with instruction/input plus chosen/rejected, or the book's file
     style: str | None = None  # default: the style the checkpoint was fine-tuned with (else alpaca)
     beta: float = 0.1
     logp: str = "mean"  # mean: the book (rewards unscaled); sum: TRL / torchtune (rewards scaled by beta)
-    lora: bool = False  # train LoRA adapters; the reference is then the model with its adapters off
-    max_length: int | None = None
-    epochs: int | None = 1
-    # the book's settings
-    batch_size: int = 8
+    # Which tokens count as the response: "response" (the response alone), or "book" (the book's collate, which
+    # also counts the alpaca prompt's `### Response:\n` marker tokens)
+    response_mask: str = "response"
+    # the book's DPO settings
     lr: float = 5e-6
     min_lr: float = 5e-6
-    warmup_steps: int = 0
     weight_decay: float = 0.01
-    beta2: float = 0.999
-    grad_clip: float = 0.0
-    dtype: str = "fp32"
-    eval_every: int = 5
-    eval_batches: int = 5
     out_dir: str = "runs/dpo"
 
     what: ClassVar[str] = "DPO config"
-    fixed_on_resume: ClassVar[tuple[str, ...]] = ("checkpoint", "tokenizer", "data", "style", "lora",
-                                                  *LoRASettings.fields)  # fmt: skip
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (*FinetuneSettings.fixed_on_resume, "style", "response_mask")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -270,12 +259,7 @@ class DPOConfig(TrainSettings, LoRASettings):
         if not self.beta > 0:
             raise ScratchLLMError(f"config field 'beta' must be > 0, got {self.beta}")
         self._one_of("logp", ("mean", "sum"))
-        if self.epochs is not None:
-            self._at_least("epochs", 1)
-        if self.max_length is not None:
-            self._at_least("max_length", 2)
-        if self.lora:
-            self.lora_config()
+        self._one_of("response_mask", ("response", "book"))
 
 
 def load_config_file(path: str | Path, cls: type = None) -> dict[str, Any]:

@@ -28,14 +28,10 @@ import torch.nn.functional as F
 
 from scratchllm.data.instructions import book_split, read_records, to_example
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import atomic_write
 from scratchllm.prompts import STYLE_FILE, get_style
 from scratchllm.training.config import DPOConfig
-from scratchllm.training.distributed import init_distributed, shutdown
-from scratchllm.training.loop import RunResult, Task, claim_run_dir, epoch_rows, fit, open_run_dir
-
-BOOK_PREFERENCES_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/"
-                        "04_preference-tuning-with-dpo/instruction-data-with-preference.json")  # fmt: skip
+from scratchllm.training.finetune import FinetuneJob, run_finetune
+from scratchllm.training.loop import RunResult, Task, epoch_rows
 
 
 def sequence_logp(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -56,24 +52,39 @@ def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Ten
             "reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}  # fmt: skip
 
 
-def encode_pairs(records: list[dict], style, tokenizer, where: str) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt ids, chosen ids, rejected ids) per record; errors name the file, record and field."""
+# The alpaca prompt ends with this marker; the book's collate counts all of it but its two newlines as response.
+BOOK_MARKER = "\n\n### Response:\n"
+
+
+def encode_pairs(records: list[dict], style, tokenizer, where: str,
+                 book_mask: bool = False) -> list[tuple[list[int], list[int], int]]:  # fmt: skip
+    """(prompt + chosen ids, prompt + rejected ids, first response index) per record; errors name the file,
+    record and field. The response starts after the prompt, or with `book_mask` where the book's collate
+    starts it: the instruction's tokens + 2, and then each sequence is tokenised whole as the book does."""
     out = []
     for i, r in enumerate(records):
         ex = to_example({**r, "output": r.get("output", "")}, style, f"{where}: record {i}")
         for name in ("chosen", "rejected"):
             if not isinstance(r.get(name), str):
                 raise ScratchLLMError(f"{where}: record {i}: field {name!r} missing or not a string")
-        prompt = tokenizer.encode(ex.prompt, allowed_special="all")
-        out.append((prompt, tokenizer.encode(r["chosen"]), tokenizer.encode(r["rejected"])))
+        if book_mask:
+            instruction = ex.prompt.removesuffix(BOOK_MARKER)
+            start = len(tokenizer.encode(instruction, allowed_special="all")) + 2
+            chosen, rejected = (tokenizer.encode(ex.prompt + r[k], allowed_special="all")
+                                for k in ("chosen", "rejected"))  # fmt: skip
+        else:
+            prompt = tokenizer.encode(ex.prompt, allowed_special="all")
+            start = len(prompt)
+            chosen, rejected = prompt + tokenizer.encode(r["chosen"]), prompt + tokenizer.encode(r["rejected"])
+        out.append((chosen, rejected, start))
     return out
 
 
 def collate_pairs(pairs, pad_id: int, max_length: int) -> tuple[torch.Tensor, ...]:
     """For chosen and rejected: inputs, targets (shifted by one) and a mask that is 1 on response targets only."""
     out = []
-    for side in (1, 2):
-        rows = [(pair[0] + pair[side])[: max_length + 1] for pair in pairs]
+    for side in (0, 1):
+        rows = [pair[side][: max_length + 1] for pair in pairs]
         width = max(len(r) for r in rows) - 1
         inputs = torch.full((len(rows), width), pad_id)
         targets = torch.full((len(rows), width), pad_id)
@@ -81,7 +92,7 @@ def collate_pairs(pairs, pad_id: int, max_length: int) -> tuple[torch.Tensor, ..
         for i, (row, pair) in enumerate(zip(rows, pairs)):
             n = len(row) - 1
             inputs[i, :n], targets[i, :n] = torch.tensor(row[:-1]), torch.tensor(row[1:])
-            mask[i, len(pair[0]) - 1 : n] = 1.0  # targets that are response tokens
+            mask[i, pair[2] - 1 : n] = 1.0  # targets that are response tokens
         out += [inputs, targets, mask]
     return tuple(out)
 
@@ -147,54 +158,51 @@ class DPOTask(Task):
         return record
 
 
+class DPOJob(FinetuneJob):
+    """Preference tuning: the checkpoint against a frozen reference on chosen / rejected pairs."""
+
+    unit = "pairs"
+
+    def read(self) -> None:
+        from scratchllm.checkpoints.load import saved_style
+        from scratchllm.data.registry import dataset_file
+
+        cfg = self.cfg
+        saved = saved_style(Path(cfg.checkpoint)) if Path(cfg.checkpoint).is_dir() else None
+        self.style = get_style(cfg.style or saved or "alpaca")
+        if cfg.response_mask == "book" and self.style.name != "alpaca":
+            raise ScratchLLMError(f"--response-mask book: the book's mask is defined on its alpaca prompt; the style "
+                                  f"here is {self.style.name} (use --response-mask response)")  # fmt: skip
+        self.where = dataset_file(cfg.data, "preferences")
+        self.records = read_records(self.where)
+
+    def task(self, model, tokenizer, dist):
+        cfg = self.cfg
+        book = cfg.response_mask == "book"
+        pairs = encode_pairs(self.records, self.style, tokenizer, str(self.where), book_mask=book)
+        self.train, self.val, self.test = book_split(pairs)
+        # LoRA: the reference is the model with its adapters off, so no second copy of the weights is held.
+        self.reference = None if cfg.lora else copy.deepcopy(model).eval().requires_grad_(False)
+        max_length = min(cfg.max_length or model.config.context_length, model.config.context_length)
+        pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        return DPOTask(splits, self.reference, cfg, pad_id, max_length), len(self.train)
+
+    def files(self) -> dict[str, str]:
+        return {STYLE_FILE: json.dumps({"style": self.style.name})}
+
+    def describe(self) -> str:
+        cfg = self.cfg
+        reference = "the model without adapters" if cfg.lora else "a frozen copy"
+        return (f"data {len(self.train):,} / {len(self.val):,} / {len(self.test):,} preference pairs, "
+                f"{self.style.name} style; beta {cfg.beta}, log-probs {cfg.logp} over {cfg.response_mask} mask "
+                f"tokens; reference: {reference}")  # fmt: skip
+
+
 def finetune_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False,
                  on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Preference-tune `cfg.checkpoint` with DPO (or resume); returns the run folder and metrics."""
-    from scratchllm.checkpoints.load import load_for_finetuning, saved_style
-    from scratchllm.hub import cache_dir, download_file
-
-    dist = init_distributed(cfg.device)
-    try:
-        run_dir = Path(cfg.out_dir)
-        replacing = claim_run_dir(run_dir, resume, overwrite, {"--checkpoint": cfg.checkpoint, "--data": cfg.data,
-                                   "--tokenizer": cfg.tokenizer}, cfg) if dist.is_main else False  # fmt: skip
-        model, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)
-        saved = saved_style(Path(cfg.checkpoint)) if Path(cfg.checkpoint).is_dir() else None
-        style = get_style(cfg.style or saved or "alpaca")
-        path = Path(cfg.data)
-        if not path.exists():
-            if cfg.data != "book-preferences":
-                raise ScratchLLMError(f"--data {cfg.data}: no such file, and not a named dataset (book-preferences)")
-            path = cache_dir() / "datasets" / cfg.data / "instruction-data-with-preference.json"
-            path = path if path.exists() else download_file(BOOK_PREFERENCES_URL, path)
-        pairs = encode_pairs(read_records(path), style, tokenizer, str(path))
-        train, val, test = book_split(pairs)
-        reference = None
-        if cfg.lora:
-            from scratchllm.models.lora import apply_lora
-
-            torch.manual_seed(cfg.seed)
-            apply_lora(model, cfg.lora_config())
-        else:
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
-        rows = cfg.batch_size * cfg.grad_accum * dist.world_size
-        if len(train) < rows:
-            raise ScratchLLMError(f"{path}: {len(train)} training pairs, fewer than a batch of {rows}")
-        if cfg.epochs is not None:
-            cfg.max_steps = cfg.epochs * (len(train) // rows)
-        max_length = min(cfg.max_length or model.config.context_length, model.config.context_length)
-        pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-        task = DPOTask({"train": train, "val": val, "test": test}, reference, cfg, pad_id, max_length)
-        if dist.is_main:
-            open_run_dir(run_dir, replacing, cfg, tokenizer)
-            atomic_write(run_dir / STYLE_FILE, lambda tmp: tmp.write_text(json.dumps({"style": style.name})))
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"data {len(train):,} / {len(val):,} / {len(test):,} preference pairs, {style.name} style; "
-                  f"beta {cfg.beta}, log-probs {cfg.logp} over response tokens; reference: "
-                  f"{'the model without adapters' if cfg.lora else 'a frozen copy'}; {trainable:,} trainable "
-                  f"parameters, {cfg.max_steps} steps")  # fmt: skip
-        result = fit(model, task, cfg, run_dir, dist, resume, on_step)
-        result.reference = reference
-        return result
-    finally:
-        shutdown(dist)
+    job = DPOJob(cfg)
+    result = run_finetune(job, resume, overwrite, on_step)
+    result.reference = job.reference
+    return result

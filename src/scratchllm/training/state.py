@@ -99,10 +99,10 @@ def finish_checkpoint(tmp: Path, sampler_rng: torch.Generator, state: TrainState
 def save_checkpoint(run_dir: Path, model, optimizer, sampler_rng: torch.Generator, state: TrainState,
                     config: dict, keep_last: int) -> Path:  # fmt: skip
     """Write checkpoints/step-N atomically (folder rename) and prune old ones; returns the folder."""
-    from scratchllm.models.lora import has_lora, lora_state_dict
+    from scratchllm.models.lora import checkpoint_tensors
 
     tmp = checkpoint_tmp(run_dir, state.step)
-    save_model(model, tmp, lora_state_dict(model) if has_lora(model) else None)  # a LoRA run: adapters only
+    save_model(model, tmp, checkpoint_tensors(model))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     return finish_checkpoint(tmp, sampler_rng, state, config, keep_last, opt_meta)
