@@ -124,3 +124,54 @@ def test_dpo_with_lora_on_a_mixture_of_experts_and_a_sliding_window_model(pref_f
     first, last = result.evals[0], result.evals[-1]
     assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert last["train_reward_margin"] > 0.2
+
+
+def _book_format_input(entry: dict) -> str:
+    """The book's `format_input` (ch. 7.2), written from its printed definition."""
+    text = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            f"request.\n\n### Instruction:\n{entry['instruction']}")  # fmt: skip
+    return text + (f"\n\n### Input:\n{entry['input']}" if entry["input"] else "")
+
+
+def test_book_response_mask_reproduces_the_books_collate_and_ours_leaves_out_the_marker():
+    """The book's preference collate tokenises `format_input + "\\n\\n### Response:\\n" + chosen` whole and masks the
+    first `len(prompt) + 2` tokens; its log-probabilities then count mask[1:] over the shifted targets. With
+    `response_mask: book` ours selects the same targets of the same tokens; the default counts the response
+    alone, 4 tokens fewer (`### Response:\\n`) on every record."""
+    from scratchllm.data.instructions import read_records
+    from scratchllm.prompts import get_style
+    from scratchllm.tokenizers import load_tokenizer
+    from scratchllm.training.dpo import encode_pairs
+
+    from .conftest import shared_file
+
+    records = read_records(shared_file("ch07/instruction-data-with-preference.json"))[:8]
+    tokenizer = load_tokenizer("gpt2")
+    book_counts = []
+    for entry, book_pair, ours_pair in zip(records, encode_pairs(records, get_style("alpaca"), tokenizer, "f", True),
+                                           encode_pairs(records, get_style("alpaca"), tokenizer, "f")):  # fmt: skip
+        prompt = tokenizer.encode(_book_format_input(entry))
+        for side, key in ((0, "chosen"), (1, "rejected")):
+            sequence = tokenizer.encode(f"{_book_format_input(entry)}\n\n### Response:\n{entry[key]}")
+            book_mask = [j >= len(prompt) + 2 for j in range(len(sequence))][1:]  # over the shifted targets
+            inputs, targets, mask = collate_pairs([book_pair], pad_id=50256, max_length=1024)[3 * side : 3 * side + 3]
+            assert inputs[0].tolist() == sequence[:-1] and targets[0].tolist() == sequence[1:]
+            assert mask[0].bool().tolist() == book_mask
+            ours = collate_pairs([ours_pair], pad_id=50256, max_length=1024)[3 * side + 2]
+            assert int(ours.sum()) == sum(book_mask) - 4
+            if side == 0:
+                book_counts.append(sum(book_mask))
+    assert book_counts[:4] == [24, 12, 13, 15]  # the issue's count of the book's own collate on these records
+
+
+def test_book_recipe_config_reproduces_the_books_mask(tmp_path):
+    from pathlib import Path
+
+    from scratchllm.training.config import build_config
+
+    cfg = build_config(Path(__file__).parents[1] / "configs" / "dpo-book.yaml", DPOConfig)
+    assert cfg.response_mask == "book" and DPOConfig().response_mask == "response"
+    with pytest.raises(Exception, match="alpaca prompt"):
+        finetune_dpo(DPOConfig(checkpoint="gpt-tiny", data="x.json", style="chatml", response_mask="book",
+                               out_dir=str(tmp_path / "run")))  # fmt: skip
+    assert not (tmp_path / "run").exists()
