@@ -175,3 +175,32 @@ def test_book_recipe_config_reproduces_the_books_mask(tmp_path):
         finetune_dpo(DPOConfig(checkpoint="gpt-tiny", data="x.json", style="chatml", response_mask="book",
                                out_dir=str(tmp_path / "run")))  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lora_dpo_run_exports_its_adapter_for_peft(pref_file, tmp_path):
+    """Every LoRA run with a causal-LM head leaves its unmerged adapter in PEFT's format: on the transformers
+    base, peft computes the run's merged model."""
+    import peft
+    import transformers
+
+    from scratchllm.checkpoints.io import save_model
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.cli.main import main
+    from scratchllm.tokenizers import load_tokenizer
+
+    torch.manual_seed(0)
+    save_model(build_model("gpt-tiny", vocab_size=50257), tmp_path / "m")
+    load_tokenizer("gpt2").save(tmp_path / "m" / "scratchllm-tokenizer.json")
+    assert main(["convert", "--to", "hf", str(tmp_path / "m"), str(tmp_path / "hf")]) == 0
+    cfg = DPOConfig(checkpoint=str(tmp_path / "hf"), data=str(pref_file), style="alpaca", out_dir=str(tmp_path / "run"),
+                    batch_size=4, epochs=None, max_steps=4, lr=3e-2, eval_every=4, eval_batches=1, progress=False,
+                    lora=True, lora_rank=4, lora_alpha=8)  # fmt: skip
+    finetune_dpo(cfg)
+    idx = torch.tensor([[464, 3290, 318, 257, 1332, 13]])
+    with torch.no_grad():
+        ours = load_checkpoint(tmp_path / "run", "fp32").model(idx)
+        base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+        plain = base(idx).logits.clone()
+        adapted = peft.PeftModel.from_pretrained(base, tmp_path / "run" / "peft-adapter").eval()
+        torch.testing.assert_close(adapted(idx).logits, ours, atol=1e-4, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-3  # the adapters trained: not the base's logits
