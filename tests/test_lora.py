@@ -145,3 +145,14 @@ def test_an_adapted_head_learns_through_the_fused_loss():
     for got, expected in zip(grads[0], grads[1]):
         assert expected.abs().max() > 0
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_one_adapter_switch_for_every_fine_tuning_task():
+    """`lora` is the switch in every fine-tuning config; a classification config or run folder that still says
+    `trainable: lora` means the same run."""
+    from scratchllm.training.config import ClassifyConfig, DPOConfig, FinetuneSettings, InstructConfig
+
+    for cls in (ClassifyConfig, InstructConfig, DPOConfig):
+        assert issubclass(cls, FinetuneSettings) and cls(lora=True).lora_config().rank == 16
+    old = ClassifyConfig(trainable="lora")
+    assert old.lora and old.to_dict() == ClassifyConfig(lora=True).to_dict()

@@ -212,11 +212,11 @@ def load_checkpoint_into(folder: Path, model, optimizer, sampler_rng: torch.Gene
         torch.set_rng_state(torch_rng)
         sampler_rng.set_state(sampler_state)
         return TrainState(step=step, tokens_seen=tokens_seen)
-    from scratchllm.models.lora import has_lora, lora_state_dict
+    from scratchllm.models.lora import checkpoint_tensors, has_lora
 
     adapters_only = has_lora(model)
     if adapters_only:  # the frozen base comes from --checkpoint; the checkpoint holds the adapters
-        expected = set(lora_state_dict(model))
+        expected = set(checkpoint_tensors(model))
         if set(tensors) != expected:
             odd = sorted(set(tensors) ^ expected)[0]
             raise ScratchLLMError(f"{folder / WEIGHTS_FILE}: not this run's LoRA adapters ({odd!r} differs)")
