@@ -355,3 +355,11 @@ def test_every_named_dataset_comes_from_the_one_registry(tmp_path, monkeypatch, 
                  "--out-dir", str(tmp_path / "run")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "not a named labelled dataset (sms-spam)" in err and not (tmp_path / "run").exists()
+    # A named dataset's cached copy is an input: no output may be it, hold it or sit inside its folder.
+    cached = dataset_file("book-instructions", "instructions")
+    assert main(["respond", "--checkpoint", str(tmp_path / "model"), "--style", "alpaca", "--data",
+                 "book-instructions", "--out", str(cached), "--overwrite"]) == 2  # fmt: skip
+    assert "sits inside --data" in capsys.readouterr().err
+    assert main(["finetune", "instruct", "--checkpoint", str(tmp_path / "model"), "--data", "book-instructions",
+                 "--out-dir", str(tmp_path / "datasets"), "--overwrite"]) == 2  # fmt: skip
+    assert "contains --data" in capsys.readouterr().err and cached.read_bytes() == book

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scratchllm.checkpoints.load import load_checkpoint
     from scratchllm.data.instructions import book_split, read_examples, write_responses
-    from scratchllm.data.registry import dataset_file
+    from scratchllm.data.registry import dataset_file, local_path
     from scratchllm.errors import ScratchLLMError
     from scratchllm.files import claim_output_file, refuse_overlap
     from scratchllm.generation.respond import respond
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ScratchLLMError("--max-new-tokens and --batch-size must be >= 1")
-    refuse_overlap(args.out, "--out", {"--data": args.data, "--checkpoint": args.checkpoint})
+    inputs = {"--data": local_path(args.data, "instructions"), "--checkpoint": args.checkpoint}
+    refuse_overlap(args.out, "--out", inputs)
     out = claim_output_file(args.out, args.overwrite)
     loaded = load_checkpoint(args.checkpoint, args.dtype, args.device)
     name = args.style or loaded.prompt_style

@@ -53,6 +53,18 @@ def named(data: str, kind: str) -> NamedDataset | None:
     return found
 
 
+def cache_path(dataset: NamedDataset) -> Path:
+    from scratchllm.hub import cache_dir
+
+    return cache_dir() / "datasets" / dataset.name / dataset.file
+
+
+def local_path(data: str, kind: str) -> Path:
+    """Where `--data`'s file is or will be once fetched, without fetching: what an output may not overlap."""
+    found = named(data, kind)
+    return Path(data) if found is None else cache_path(found).parent
+
+
 def dataset_file(data: str, kind: str) -> Path:
     """The file behind `--data`: the user's path as given, or a named dataset's cached copy (fetched once)."""
     found = named(data, kind)
@@ -63,9 +75,9 @@ def fetch(dataset: NamedDataset) -> Path:
     import zipfile
 
     from scratchllm.files import atomic_write
-    from scratchllm.hub import cache_dir, download_file
+    from scratchllm.hub import download_file
 
-    target = cache_dir() / "datasets" / dataset.name / dataset.file
+    target = cache_path(dataset)
     if target.exists():
         return target
     if dataset.archive is None:

@@ -115,6 +115,7 @@ class ClassifyJob(FinetuneJob):
     """Chapter 6: the checkpoint under a new classification head, trained on labelled texts."""
 
     unit = "texts"
+    data_kind = "labelled"
     causal_lm = False
 
     def read(self) -> None:

@@ -162,6 +162,7 @@ class DPOJob(FinetuneJob):
     """Preference tuning: the checkpoint against a frozen reference on chosen / rejected pairs."""
 
     unit = "pairs"
+    data_kind = "preferences"
 
     def read(self) -> None:
         from scratchllm.checkpoints.load import saved_style
@@ -173,7 +174,7 @@ class DPOJob(FinetuneJob):
         if cfg.response_mask == "book" and self.style.name != "alpaca":
             raise ScratchLLMError(f"--response-mask book: the book's mask is defined on its alpaca prompt; the style "
                                   f"here is {self.style.name} (use --response-mask response)")  # fmt: skip
-        self.where = dataset_file(cfg.data, "preferences")
+        self.where = dataset_file(cfg.data, self.data_kind)
         self.records = read_records(self.where)
 
     def task(self, model, tokenizer, dist):

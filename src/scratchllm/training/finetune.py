@@ -38,6 +38,7 @@ class FinetuneJob:
     """What a fine-tuning task supplies to `run_finetune`; a new task is a subclass of about a page."""
 
     unit = "records"  # what the training split counts, for messages
+    data_kind = "instructions"  # which named datasets --data may name (data/registry.py)
     causal_lm = True  # the trained model ends in the LM head (a LoRA run then exports a PEFT adapter)
 
     def __init__(self, cfg: FinetuneSettings):
@@ -74,12 +75,15 @@ def run_finetune(job: FinetuneJob, resume: bool = False, overwrite: bool = False
                  on_step: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
     """Fine-tune as `job.cfg` says (or resume it); returns the run folder and metrics."""
     from scratchllm.checkpoints.load import load_for_finetuning
+    from scratchllm.data.registry import local_path
 
     cfg = job.cfg
     dist = init_distributed(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
-        inputs = {"--checkpoint": cfg.checkpoint, "--data": cfg.data, "--tokenizer": cfg.tokenizer}
+        # A named dataset's cached copy is an input too: --overwrite must never delete it.
+        inputs = {"--checkpoint": cfg.checkpoint, "--data": local_path(cfg.data, job.data_kind),
+                  "--tokenizer": cfg.tokenizer}  # fmt: skip
         replacing = claim_run_dir(run_dir, resume, overwrite, inputs, cfg) if dist.is_main else False
         job.read()
         backbone, tokenizer = load_for_finetuning(cfg.checkpoint, cfg.tokenizer, cfg.seed, dist.device)

@@ -101,7 +101,7 @@ class InstructJob(FinetuneJob):
         from scratchllm.data.registry import dataset_file
 
         self.style = get_style(self.cfg.style)
-        self.where = dataset_file(self.cfg.data, "instructions")
+        self.where = dataset_file(self.cfg.data, self.data_kind)
         self.train, self.val, self.test = book_split(read_examples(self.where, self.style))
 
     def task(self, model, tokenizer, dist):
