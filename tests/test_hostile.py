@@ -398,6 +398,21 @@ def test_labelled_files_with_long_fields_quoted_newlines_u2028_and_a_bom(tmp_pat
     assert read_labelled(jsonl).texts == ["sep\u2028arated", "other"]
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_every_record_file_reads_past_a_byte_order_mark(tmp_path, suffix):
+    """Windows editors start UTF-8 files with a BOM: instruction, preference and response files read the same."""
+    from scratchllm.data.instructions import read_records
+    from scratchllm.files import read_json
+
+    records = [{"instruction": "Name a colour.", "input": "", "output": "Blue."}] * 2
+    text = json.dumps(records) if suffix == ".json" else "".join(json.dumps(r) + "\n" for r in records)
+    path = tmp_path / f"r{suffix}"
+    path.write_text("\ufeff" + text, encoding="utf-8")
+    assert read_records(path) == records
+    if suffix == ".json":
+        assert read_json(path) == records
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_written_files_follow_the_umask(mask, tmp_path):
     """Weights, configs and tokenizers get the mode a plain `open` gives under the user's umask (safetensors

@@ -42,9 +42,10 @@ def _umask() -> int:
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file, with one-line errors naming it."""
+    """A UTF-8 text file (a leading byte-order mark, as Windows editors write, is dropped), with one-line errors
+    naming it."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ScratchLLMError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
@@ -54,7 +55,7 @@ def read_text(path: str | Path) -> str:
 def read_json(path: str | Path):
     """Parse a JSON file, with one-line errors naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ScratchLLMError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
