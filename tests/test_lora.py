@@ -156,3 +156,5 @@ def test_one_adapter_switch_for_every_fine_tuning_task():
         assert issubclass(cls, FinetuneSettings) and cls(lora=True).lora_config().rank == 16
     old = ClassifyConfig(trainable="lora")
     assert old.lora and old.to_dict() == ClassifyConfig(lora=True).to_dict()
+    with pytest.raises(ScratchLLMError, match="with lora only the adapters train"):
+        ClassifyConfig(lora=True, trainable="head")  # two switches that contradict each other

@@ -205,6 +205,9 @@ class ClassifyConfig(FinetuneSettings):
         super().__post_init__()
         self._one_of("pooling", ("last", "last-non-pad", "first", "mean"))
         self._one_of("trainable", ("head", "last-block", "last-two-blocks", "all"))
+        if self.lora and self.trainable != "last-block":
+            raise ScratchLLMError(f"config fields: trainable {self.trainable!r} chooses what a full fine-tune trains; "
+                                  "with lora only the adapters train (drop one of the two)")  # fmt: skip
 
 
 @dataclass
