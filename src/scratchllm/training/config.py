@@ -147,12 +147,10 @@ class FinetuneSettings(TrainSettings):
     lora_alpha: float = 16.0  # the update is scaled by alpha / rank (PEFT's rule; the printed book's 16 = 256 here)
     lora_dropout: float = 0.0
     lora_targets: str = "all"  # "all" (every Linear incl. the head) or a comma list: qkv,proj,fc1,fc2,...
-    # the book's settings
-    batch_size: int = 8
+    # the book's settings (batch 8 and weight decay 0.1 as TrainSettings)
     lr: float = 5e-5
     min_lr: float = 5e-5
     warmup_steps: int = 0
-    weight_decay: float = 0.1
     beta2: float = 0.999
     grad_clip: float = 0.0
     dtype: str = "fp32"
