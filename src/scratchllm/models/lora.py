@@ -15,7 +15,9 @@ Decisions:
   classifier), and per-head-group updates stay independent. Exported to PEFT, HF GPT-2's fused `c_attn`
   takes them as one rank-3r adapter (block-diagonal B), Llama's q/k/v_proj as three.
 - A head tied to the embedding gets its own copy when it is adapted (the book's GPTModel has one anyway).
-- A mixture of experts' experts are stacked Parameters, not Linear layers: LoRA adapts its attention and head.
+- A mixture of experts' experts are stacked Parameters, not Linear layers: "all" adapts its attention and
+  head; the target "experts" adds a `StackedLoRA` per stacked weight (one A and B per expert), applied by the
+  same grouped products as the experts (PEFT's `target_parameters` on transformers' expert stacks).
 - Only the adapters train: `apply_lora` freezes every other parameter. `merge_lora` folds the update into
   the weights for export or fast inference; `merged_state_dict` is what every saved model holds and
   `checkpoint_tensors` what a training checkpoint holds (adapters alone for an adapted model).
@@ -33,8 +35,9 @@ from torch import nn
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.linear import rewrite_linears
 
-# Target names (the last part of a Linear's qualified name) and what "all" means.
-TARGETS = ("qkv", "proj", "fc1", "fc2", "gate", "up", "down", "out_head", "head")
+# Target names (the last part of a Linear's qualified name; "all" is every Linear) and "experts": a mixture
+# of experts' stacked expert weights, adapted only when named (`all,experts`), as PEFT's target_parameters.
+TARGETS = ("qkv", "proj", "fc1", "fc2", "gate", "up", "down", "out_head", "head", "experts")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class LoRAConfig:
         unknown = [t for t in self.targets if t != "all" and t not in TARGETS]
         if unknown:
             raise ScratchLLMError(f"lora target {unknown[0]!r}: expected 'all' or some of {', '.join(TARGETS)}")
+        if "experts" in self.targets and self.dropout > 0:  # x cannot be factored out of a per-expert product
+            raise ScratchLLMError("lora target 'experts' takes no dropout (as PEFT's expert adapters); set it to 0")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "targets": list(self.targets)}
@@ -109,6 +114,39 @@ class LoRALinear(nn.Linear):
         return y.add_(F.linear(z, self.b_matrix()), alpha=self.scaling)
 
 
+class StackedLoRA(nn.Module):
+    """Adapters for a stack of expert weights W (experts, out, in): expert e's update is B_e A_e * scaling.
+
+    The mixture of experts applies it to the rows routed to each expert with the same grouped products as W
+    (`grouped`, or `gathered` under torch.compile): two thin products of width `rank`, never a weight-sized
+    delta, so adapting the experts costs little memory on top of the frozen stack.
+    """
+
+    def __init__(self, weight: nn.Parameter, cfg: LoRAConfig):
+        super().__init__()
+        experts, out, inputs = weight.shape
+        self.rank, self.scaling, self.enabled = cfg.rank, cfg.alpha / cfg.rank, True
+        kw = {"device": weight.device, "dtype": weight.dtype}
+        bound = 1 / math.sqrt(inputs)  # nn.init.kaiming_uniform_(a=sqrt(5)) of each expert's (rank, in) A
+        self.lora_A = nn.Parameter(torch.empty(experts, cfg.rank, inputs, **kw).uniform_(-bound, bound))
+        self.lora_B = nn.Parameter(torch.zeros(experts, out, cfg.rank, **kw))
+
+    def grouped(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        z = F.grouped_mm(x, self.lora_A.transpose(1, 2), offs=ends)
+        return F.grouped_mm(z, self.lora_B.transpose(1, 2), offs=ends) * self.scaling
+
+    def gathered(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        z = torch.bmm(x, self.lora_A[experts].transpose(1, 2))
+        return torch.bmm(z, self.lora_B[experts].transpose(1, 2)) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return torch.bmm(self.lora_B, self.lora_A) * self.scaling
+
+
+# The stacked expert weights a mixture of experts holds, and the attribute of each one's adapter.
+EXPERT_WEIGHTS = {"gate_up": "lora_gate_up", "down": "lora_down"}
+
+
 def _qkv_splits(model: nn.Module) -> dict[str, tuple[int, ...]]:
     from scratchllm.models.attention import CausalSelfAttention
 
@@ -141,10 +179,18 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> int:
 
         model.out_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())
         model.config = dataclasses.replace(model.config, tie_embeddings=False)
+    from scratchllm.models.moe import MoEFeedForward
+
+    moes = [m for m in model.modules() if isinstance(m, MoEFeedForward)] if "experts" in cfg.targets else []
+    if "experts" in cfg.targets and not moes:
+        raise ScratchLLMError("lora target 'experts': this model has no mixture of experts")
     for p in model.parameters():
         p.requires_grad_(False)
     n = rewrite_linears(model, lambda name, layer: LoRALinear(layer, cfg, splits.get(name)), only=wanted)
-    if n == 0:
+    for moe in moes:
+        for weight, attr in EXPERT_WEIGHTS.items():
+            setattr(moe, attr, StackedLoRA(getattr(moe, weight), cfg))
+    if n == 0 and not moes:
         raise ScratchLLMError(f"lora targets {cfg.targets}: no Linear layer of this model matches")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -153,12 +199,18 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def expert_adapters(model: nn.Module) -> dict[str, tuple[nn.Module, str, StackedLoRA]]:
+    """"NAME.WEIGHT" -> (the mixture of experts, its stacked weight's name, that weight's adapter)."""
+    return {f"{name}.{weight}": (m, weight, getattr(m, attr)) for name, m in model.named_modules()
+            for weight, attr in EXPERT_WEIGHTS.items() if isinstance(getattr(m, attr, None), StackedLoRA)}  # fmt: skip
+
+
 def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoRALinear) for m in model.modules())
+    return any(isinstance(m, (LoRALinear, StackedLoRA)) for m in model.modules())
 
 
 def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
-    for layer in lora_layers(model).values():
+    for layer in [*lora_layers(model).values(), *(a for _, _, a in expert_adapters(model).values())]:
         layer.enabled = enabled
 
 
@@ -184,6 +236,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
     for name, layer in lora_layers(model).items():
         out[f"{name}.weight"] = layer.merged_weight()
+    for key, (moe, weight, adapter) in expert_adapters(model).items():
+        out[key] = getattr(moe, weight) + adapter.delta_weight().to(getattr(moe, weight).dtype)
     return out
 
 
@@ -202,4 +256,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
         return plain
 
     rewrite_linears(model, merged)
+    for moe, weight, adapter in expert_adapters(model).values():
+        getattr(moe, weight).add_(adapter.delta_weight().to(getattr(moe, weight).dtype))
+        setattr(moe, EXPERT_WEIGHTS[weight], None)
     return model

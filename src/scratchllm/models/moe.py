@@ -43,6 +43,13 @@ class MoEFeedForward(nn.Module):
         for p in (self.gate_up, self.down):
             nn.init.normal_(p, std=0.02)
         self.router_stats: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        # LoRA on the experts (models/lora.StackedLoRA): None unless `--lora-targets ...,experts`
+        self.lora_gate_up: nn.Module | None = None
+        self.lora_down: nn.Module | None = None
+
+    def _adapter(self, name: str) -> nn.Module | None:
+        adapter = getattr(self, name)
+        return adapter if adapter is not None and adapter.enabled else None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probs (N, E) float32, weights (N, k) in x's dtype, experts (N, k)) for tokens x (N, d)."""
@@ -75,17 +82,29 @@ class MoEFeedForward(nn.Module):
         order = flat.argsort(stable=True)
         ends = torch.bincount(flat, minlength=self.n_experts).cumsum(0).to(torch.int32)
         rows = order // self.top_k
-        gate, up = F.grouped_mm(x[rows], self.gate_up.transpose(1, 2), offs=ends).chunk(2, dim=-1)
+        xs = x[rows]
+        gate_up = F.grouped_mm(xs, self.gate_up.transpose(1, 2), offs=ends)
+        if adapter := self._adapter("lora_gate_up"):
+            gate_up = gate_up + adapter.grouped(xs, ends)
+        gate, up = gate_up.chunk(2, dim=-1)
         hidden = F.silu(gate) * up * weights.flatten()[order, None]
         y = F.grouped_mm(hidden, self.down.transpose(1, 2), offs=ends)
+        if adapter := self._adapter("lora_down"):
+            y = y + adapter.grouped(hidden, ends)
         return torch.zeros_like(x).index_add_(0, rows, y)
 
     def _gathered(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         flat = experts.flatten()
         xs = x.repeat_interleave(self.top_k, dim=0)[:, None]  # (N*k, 1, d)
-        gate, up = torch.bmm(xs, self.gate_up[flat].transpose(1, 2)).chunk(2, dim=-1)
+        gate_up = torch.bmm(xs, self.gate_up[flat].transpose(1, 2))
+        if adapter := self._adapter("lora_gate_up"):
+            gate_up = gate_up + adapter.gathered(xs, flat)
+        gate, up = gate_up.chunk(2, dim=-1)
         hidden = F.silu(gate) * up * weights.flatten()[:, None, None]
-        return torch.bmm(hidden, self.down[flat].transpose(1, 2)).view(x.shape[0], self.top_k, -1).sum(dim=1)
+        y = torch.bmm(hidden, self.down[flat].transpose(1, 2))
+        if adapter := self._adapter("lora_down"):
+            y = y + adapter.gathered(hidden, flat)
+        return y.view(x.shape[0], self.top_k, -1).sum(dim=1)
 
 
 def take_router_aux_loss(model: nn.Module) -> torch.Tensor | None:

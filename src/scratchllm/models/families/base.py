@@ -83,6 +83,11 @@ class Family:
         """(HF module, A, B, rank) for our LoRA layer `name` (A: (slices*rank, in), B: (out, rank))."""
         raise NotImplementedError
 
+    def peft_expert_parameter(self, key: str) -> tuple[str, str, bool]:
+        """(HF module, its target parameter as PEFT names it, whether PEFT wraps it innermost) for our adapted
+        expert stack `key` ("blocks.N.ff.gate_up")."""
+        raise ScratchLLMError(f"PEFT export: the {self.name} family has no expert stacks")
+
 
 class LlamaLayout(Family):
     """HuggingFace's Llama tensor layout, shared by Llama, Qwen3, Gemma 3 and Olmo 3.

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.families.base import LlamaLayout, take
+from scratchllm.models.families.base import LlamaLayout, _block_part, take
 
 _QWEN3 = {"vocab_size": 151936, "context_length": 40960, "head_dim": 128, "n_kv_heads": 8, "rope_base": 1000000.0,
           "norm_eps": 1e-6}  # fmt: skip
@@ -85,6 +85,12 @@ class Qwen3Moe(Qwen3):
             raise ScratchLLMError(f"convert --to gguf: model {config.name!r} has norm_topk off, which llama.cpp's "
                                   "qwen3moe cannot hold")  # fmt: skip
         return super().gguf_hparams(config)
+
+    def peft_expert_parameter(self, key: str) -> tuple[str, str, bool]:
+        i, rest = _block_part(key)
+        names = {"ff.gate_up": "mlp.experts.gate_up_proj", "ff.down": "mlp.experts.down_proj"}
+        # PEFT wraps gate_up_proj first (inside), then down_proj around it, in target_parameters' order.
+        return f"model.layers.{i}.mlp.experts", names[rest], rest == "ff.gate_up"
 
     def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
