@@ -112,12 +112,15 @@ def test_a_small_model_learns_its_answers_and_keeps_its_style(data_file, tmp_pat
     assert hf_tok.apply_chat_template(message, tokenize=False, add_generation_prompt=True) == train[1].prompt
 
 
-def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, tmp_path):
+@pytest.mark.parametrize("checkpoint,targets", [("gpt-tiny", "all"), ("qwen3-moe-tiny", "all,experts")])
+def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, tmp_path, checkpoint, targets):
+    """Also with adapters on a mixture of experts' stacked weights: checkpoints hold every adapter only."""
     from safetensors import safe_open
 
     from scratchllm.checkpoints.io import load_tensors
 
-    kw = dict(lora=True, lora_rank=4, lora_alpha=8.0, lr=1e-2, max_steps=40, save_every=20, eval_every=20)
+    kw = dict(lora=True, lora_rank=4, lora_alpha=8.0, lr=1e-2, max_steps=40, save_every=20, eval_every=20,
+              checkpoint=checkpoint, lora_targets=targets)  # fmt: skip
     finetune_instruct(small_run(data_file, tmp_path / "full", **kw))
 
     class Stop(Exception):
@@ -132,6 +135,7 @@ def test_lora_run_resumes_bit_exactly_with_adapter_only_checkpoints(data_file, t
     with safe_open(tmp_path / "cut" / "checkpoints" / "step-000020" / "model.safetensors", "pt") as f:
         names = list(f.keys())
     assert names and all(n.endswith((".lora_A", ".lora_B")) for n in names)  # no second copy of the base
+    assert ("experts" in targets) == any("lora_gate_up" in n for n in names)
     finetune_instruct(small_run(data_file, tmp_path / "cut", **kw), resume=True)
     assert (tmp_path / "cut" / "peft-adapter" / "adapter_config.json").exists()
     full = load_tensors(tmp_path / "full" / "model.safetensors")
