@@ -63,3 +63,34 @@ def test_chunked_prefill_logits_equal_one_pass(arch):
             for s in range(0, 50, chunk):
                 last = ours(idx[:, s : s + chunk], cache=cache, start=s, last_only=True)
             torch.testing.assert_close(last[:, -1], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_prompts_arriving_together_are_prefilled_together_in_chunks_between_decode_steps(arch):
+    """A row is decoding when three prompts arrive (37, 37 and 15 tokens; windows of 8 for Gemma 3). With a
+    budget of 8 prompt tokens per step they are prefilled together, a chunk per step (2 tokens per row while
+    three wait), and the decoding row gets its next token at every one of those steps instead of stalling;
+    every row's tokens are greedy under transformers' forward of that prompt and those tokens alone (not its
+    `generate`: forced to `min_new_tokens` it never picks Llama's end-of-text id 2, which greedy here does once).
+    """
+    hf, ours = pair(arch, initializer_range=0.25)
+    engine = Engine(ours, max_batch=4, max_seq_len=96, prepare=False, prefill_budget=8)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (6, 37, 37, 15)]
+    lengths = (40, 10, 12, 20)
+    first = engine.submit(prompts[0], GenerationConfig(max_new_tokens=lengths[0]))
+    engine.step()
+    rest = engine.submit_all([(p, GenerationConfig(max_new_tokens=n), None) for p, n in zip(prompts[1:], lengths[1:])])
+    stalled = 0
+    while any(r.first_token_at is None for r in rest):
+        before = len(first.tokens)
+        engine.step()
+        stalled += len(first.tokens) == before
+    assert stalled == 0 and engine.stats.largest_prefill_batch == 3
+    assert engine.stats.prefill_forwards >= 10  # chunks within the budget (8 + 6 here), not whole prompts
+    engine.run()
+    for prompt, n, request in zip(prompts, lengths, [first, *rest]):
+        assert len(request.tokens) == n
+        with torch.no_grad():
+            logits = hf(torch.tensor([prompt + request.tokens[:-1]])).logits[0, len(prompt) - 1 :]
+        assert logits.argmax(-1).tolist() == request.tokens

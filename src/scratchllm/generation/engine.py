@@ -7,12 +7,17 @@ Every inference path goes through `Engine`: `generate()`/`stream_text()` in this
   one-token step, or (on CPU) each Linear's fastest one-row kernel (`_prepare`, through `models.linear`).
 - State per request lives in a `Request` and one row of a `KVCache` pool of `max_batch` rows x
   `max_seq_len` slots, allocated once. Modules hold nothing, so requests never corrupt each other.
-- Continuous batching (as in Orca / vLLM, without paging): each `step()` first admits waiting requests
-  up to `max_batch` -- each is prefilled alone into a free row, in chunks, writing slots 0.. -- and then
-  runs ONE decode forward for all live rows together. Rows have different lengths: each writes its new
-  key/value at its own slot and a key mask hides the slots beyond it, so a row's result is the result of
-  generating it alone. Decoding reads every weight once per step whatever the batch, so a batch of 8
-  costs little more than one row (the point of batching; `benchmarks/bench_serve.py` measures it).
+- Continuous batching (as in Orca / vLLM, without paging): each `step()` admits waiting requests into free
+  rows up to `max_batch`, spends at most `prefill_budget` prompt tokens on the rows still prefilling, and
+  then runs ONE decode forward for all rows that are decoding. Rows have different lengths: each writes its
+  new key/value at its own slot and a key mask hides the slots beyond it, so a row's result is the result of
+  generating it alone. Decoding reads every weight once per step whatever the batch, so a batch of 8 costs
+  little more than one row (the point of batching; `benchmarks/bench_serve.py` measures it).
+- Chunked prefill, interleaved and batched (as vLLM / Sarathi): a long prompt is prefilled a chunk per step,
+  so live rows keep decoding between its chunks instead of stalling for all of it; prompts that wait at the
+  same position (arrived together) are prefilled together in one forward of (rows, chunk). With nothing
+  decoding the budget does not apply. A prefilling row rides along in the decode forward (one discarded
+  token at its next slot, which its next chunk overwrites): the pool stays one contiguous slice.
 - A request whose prompt equals one just prefilled (`n > 1` choices, clients sending one prompt together)
   is not prefilled again: it gets a copy of that row and draws its first token from the same logits with its
   own settings (`_fork`, counted in `stats.forked_prefills`).
@@ -47,6 +52,7 @@ from scratchllm.models.attention import KVCache
 
 DEFAULT_MAX_SEQ_LEN = 8192  # cache slots per row unless told: long-context models would need GBs per row
 PREFIX_MIN = 16  # the shortest shared prompt start worth copying from the prefix cache
+PREFILL_BUDGET = 512  # prompt tokens prefilled per step while other rows decode
 
 
 @dataclass
@@ -113,6 +119,8 @@ class Request:
     finished_at: float | None = None
     prefill_seconds: float = 0.0
     _filled: int = 0  # cache slots holding this request's keys/values
+    _pending: int = 0  # prompt positions still to prefill (the row decodes once it is 0)
+    _follows: Request | None = None  # a live request with the same prompt, whose prefill this one will copy
     _first_logits: torch.Tensor | None = None  # the prefill's last logits, until the next decode step (forks)
     _generator: torch.Generator | None = None
     _decoder: StreamDecoder | None = None
@@ -138,6 +146,8 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt positions of requests admitted with a prefill
     prefix_hits: int = 0  # of those requests, how many started from the cached prefix
     prefix_tokens: int = 0  # positions copied from the cached prefix instead of computed
+    prefill_forwards: int = 0  # forwards spent on prompts
+    largest_prefill_batch: int = 0  # most prompts prefilled together in one forward
 
 
 class Engine:
@@ -161,9 +171,13 @@ class Engine:
         prepare: bool = True,
         fixed_shapes: bool | None = None,
         prefix_cache: bool = True,
+        prefill_budget: int = PREFILL_BUDGET,
     ):
         if max_batch < 1:
             raise ScratchLLMError(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_budget < 1:
+            raise ScratchLLMError(f"prefill_budget must be >= 1, got {prefill_budget}")
+        self.prefill_budget = prefill_budget
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
@@ -288,7 +302,7 @@ class Engine:
     # -- one scheduling step -----------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit waiting requests (prefill each into a free row), then one decode step for all live rows."""
+        """Admit waiting requests into free rows, prefill within the budget, then one decode step."""
         if self.cache is None:
             dtype = self.model.dtype
             rows = self.max_batch + self.prefix_cache
@@ -298,7 +312,9 @@ class Engine:
                     torch._dynamo.mark_static_address(t)
         self._admit()
         self._retire()
-        if self.active:
+        self._prefill_pending()
+        self._retire()
+        if any(r._pending == 0 and r._follows is None for r in self.active):
             self._decode()
             self._retire()
 
@@ -317,17 +333,83 @@ class Engine:
             else:
                 twin = self._twin(request)
                 self.active.append(request)
-                if twin is None:
-                    row = len(self.active) - 1
-                    self._prefill(request, row, request.prompt, start=self._reuse_prefix(request, row))
+                row = len(self.active) - 1
+                if twin is not None and twin._pending:  # forked once the twin's prefill is done
+                    request._follows = twin
+                elif twin is not None:
+                    self._fork(twin, request, row)
+                elif request.cfg.prompt_logprobs is not None or self.fixed_shapes:
+                    self._prefill(request, row, request.prompt)  # whole now: scoring needs every chunk's logits
                 else:
-                    self._fork(twin, request, len(self.active) - 1)
+                    request._filled = self._reuse_prefix(request, row)
+                    request._pending = len(request.prompt) - request._filled
 
     def _twin(self, request: Request) -> Request | None:
-        """A live request just prefilled with the same prompt (and prompt scoring), whose row can be copied:
-        `n > 1` choices, or clients sending one prompt together, are prefilled once."""
-        return next((r for r in self.active if r._first_logits is not None and r.prompt == request.prompt
-                     and r.cfg.prompt_logprobs == request.cfg.prompt_logprobs), None)  # fmt: skip
+        """A live request with the same prompt (and prompt scoring), prefilling or just prefilled, whose row
+        can be copied: `n > 1` choices, or clients sending one prompt together, are prefilled once."""
+        return next((r for r in self.active if (r._first_logits is not None or r._pending) and r._follows is None
+                     and r.prompt == request.prompt and r.cfg.prompt_logprobs == request.cfg.prompt_logprobs),
+                    None)  # fmt: skip
+
+    def _prefill_pending(self) -> None:
+        """Spend the step's prefill budget on the rows still prefilling, batching rows that wait at the same
+        position in neighbouring rows into one forward (a chunk as long as the shortest one's rest, so no row
+        is padded: padding would write junk keys into a sliding window's ring)."""
+        budget = self.prefill_budget if any(not r._pending and r._follows is None for r in self.active) else None
+        while budget is None or budget > 0:
+            for r in self.active:  # a request whose twin ended before prefilling prefills itself
+                if r._follows is not None and r._follows.done:
+                    r._follows, r._pending = None, len(r.prompt) - r._filled
+            rows = [i for i, r in enumerate(self.active) if r._pending]
+            if not rows:
+                return
+            first = rows[0]
+            group = [first]
+            for i in rows[1:]:
+                if i != group[-1] + 1 or self.active[i]._filled != self.active[first]._filled:
+                    break
+                group.append(i)
+            if budget is not None:
+                group = group[:budget]
+            requests = [self.active[i] for i in group]
+            chunk = min(min(r._pending for r in requests), min(r.cfg.prefill_chunk for r in requests))
+            if budget is not None:
+                chunk = min(chunk, budget // len(group))
+                budget -= chunk * len(group)
+            self._prefill_chunk(group, requests, chunk)
+
+    def _prefill_chunk(self, group: list[int], requests: list[Request], chunk: int) -> None:
+        """One forward of `chunk` prompt tokens for each row of `group` (neighbours at the same position)."""
+        began = time.perf_counter()
+        start = requests[0]._filled
+        tokens = torch.tensor([r.prompt[start : start + chunk] for r in requests], device=self.device)
+        cache = self.cache.select(group[0], group[-1] + 1)
+        hidden = self.model.hidden(tokens, cache=cache, start=start)[:, -1]
+        for r in requests:
+            r._filled += chunk
+            r._pending -= chunk
+        self.stats.prefill_forwards += 1
+        self.stats.largest_prefill_batch = max(self.stats.largest_prefill_batch, len(group))
+        finished = [(i, r) for i, r in zip(group, requests) if not r._pending]
+        logits = self.model.out_head(hidden[[group.index(i) for i, _ in finished]]) if finished else None
+        seconds = time.perf_counter() - began
+        self.stats.prefill_seconds += seconds
+        for r in requests:
+            r.prefill_seconds += seconds
+        for j, (row, r) in enumerate(finished):
+            self._prefilled(r, row, r.prompt)
+            r._first_logits = logits[j].clone()
+            self._emit([r], logits[j : j + 1])
+            for follower in [f for f in self.active if f._follows is r]:
+                follower._follows = None
+                self._fork(r, follower, self.active.index(follower))
+
+    def _prefilled(self, request: Request, row: int, ids: list[int]) -> None:
+        """Book a finished prompt: counts, and the prefix row keeps it for the next prompt that starts alike."""
+        self.stats.prompt_tokens += len(ids)
+        if self.prefix_cache and len(ids) >= PREFIX_MIN and ids != self._prefix:
+            self.cache.copy_row(row, self.max_batch, len(ids))
+            self._prefix = list(ids)
 
     def _fork(self, twin: Request, request: Request, row: int) -> None:
         """Start `request` from `twin`'s prefill: its cache row copied, its first token drawn from the same
@@ -351,15 +433,16 @@ class Engine:
         self.stats.prefix_tokens += n
         return n
 
-    def _prefill(self, request: Request, row: int, ids: list[int], start: int = 0) -> None:
-        """Prefill `ids` from position `start` (the cached prefix before it) into `row`, in chunks."""
+    def _prefill(self, request: Request, row: int, ids: list[int]) -> None:
+        """Prefill `ids` into `row` now, alone, in chunks: a prompt to score (every chunk's logits) or the
+        re-prefill of a row that slides past its last slot."""
         began = time.perf_counter()
         cache = self.cache.select(row, row + 1)
         chunk = request.cfg.prefill_chunk
         tokens = torch.tensor([ids], device=self.device)
         scoring = request.cfg.prompt_logprobs is not None and not request.prompt_logprobs
         every = []
-        for s in range(start, len(ids), chunk):
+        for s in range(0, len(ids), chunk):
             logits = self.model(tokens[:, s : s + chunk], cache=cache, start=s, last_only=not scoring)
             if scoring:
                 every.append(logits[0])
@@ -369,10 +452,7 @@ class Engine:
         whole_prompt = ids == request.prompt  # not a slide's re-prefill of the prompt's and output's end
         request._first_logits = logits[0, -1].clone() if whole_prompt else None
         if whole_prompt:
-            self.stats.prompt_tokens += len(ids)
-            if self.prefix_cache and len(ids) >= PREFIX_MIN and ids != self._prefix:
-                self.cache.copy_row(row, self.max_batch, len(ids))
-                self._prefix = list(ids)
+            self._prefilled(request, row, ids)
         seconds = time.perf_counter() - began
         request.prefill_seconds += seconds
         self.stats.prefill_seconds += seconds
@@ -393,20 +473,22 @@ class Engine:
 
     def _decode(self) -> None:
         for row, request in enumerate(self.active):  # a full row slides or stops before the step
-            if request._filled >= self.max_seq_len:
+            if request._filled >= self.max_seq_len and not request._pending and request._follows is None:
                 if request.cfg.overflow == "slide":
                     keep = self.max_seq_len * 3 // 4
                     self._prefill(request, row, (request.prompt + request.tokens)[-keep:])
                 else:
                     self._finish(request, "context")
         self._retire()
-        if not self.active:
+        decoding = [i for i, r in enumerate(self.active) if not r._pending and r._follows is None]
+        if not decoding:
             return
         start = time.perf_counter()
         n = len(self.active)
-        for r in self.active:  # a decoded row no longer holds its prompt alone: nothing to fork from
-            r._first_logits = None
-        last = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.device)
+        for i in decoding:  # a decoded row no longer holds its prompt alone: nothing to fork from
+            self.active[i]._first_logits = None
+        # A row still prefilling decodes a discarded token 0 at its next slot, which its next chunk rewrites.
+        last = torch.tensor([[r.tokens[-1] if r.tokens else 0] for r in self.active], device=self.device)
         filled = [r._filled for r in self.active]
         cache = self.cache.select(0, n)
         if self.fixed_shapes:
@@ -417,13 +499,13 @@ class Engine:
             slots = torch.tensor(filled, device=self.device)
             key_mask = torch.arange(max(filled) + 1, device=self.device)[None, :] <= slots[:, None]
             logits = self._decode_fn(last, cache=cache, positions=slots[:, None], key_mask=key_mask, last_only=True)
-        for r in self.active:
-            r._filled += 1
+        for i in decoding:
+            self.active[i]._filled += 1
         self.stats.decode_seconds += time.perf_counter() - start
         self.stats.decode_steps += 1
-        self.stats.decoded_tokens += n
-        self.stats.largest_batch = max(self.stats.largest_batch, n)
-        self._emit(list(self.active), logits[:, -1])
+        self.stats.decoded_tokens += len(decoding)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(decoding))
+        self._emit([self.active[i] for i in decoding], logits[decoding, -1] if len(decoding) < n else logits[:, -1])
 
     def _decode_all_rows(self, last: torch.Tensor, filled: list[int]) -> torch.Tensor:
         """One decode step of fixed shape: every row of the pool, every cache slot. Rows beyond the live ones
