@@ -49,7 +49,8 @@ def test_models_and_health(served, client):
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("other")
-    assert httpx.get(served.url + "/health").json()["status"] == "ok"
+    health = httpx.get(served.url + "/health").json()
+    assert health["status"] == "ok" and health["prefill"]["budget"] == 512
 
 
 def test_completion_streamed_equals_unstreamed_equals_generate(served, client, gpt2_tokenizer):

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (continuous batching)")
     p.add_argument("--max-seq-len", type=int, default=None, help="KV cache slots per sequence (default: the "
                    "model's context, at most 8192)")  # fmt: skip
+    p.add_argument("--prefill-budget", type=int, default=512, help="prompt tokens prefilled per step while other "
+                   "requests decode (lower: smoother streams; higher: faster first tokens)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond the batch; more get 429")
     p.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask for")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
@@ -43,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from scratchllm.prompts import default_style, get_style
     from scratchllm.serving.app import Settings, create_app, serve
 
-    for flag in ("max_batch", "max_queue", "max_tokens", "max_request_bytes"):
+    for flag in ("max_batch", "max_queue", "max_tokens", "max_request_bytes", "prefill_budget"):
         if getattr(args, flag) < 1:
             raise ScratchLLMError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 <= args.port <= 65535:
         raise ScratchLLMError(f"--port must be between 0 and 65535, got {args.port}")
     engine, saved_style = load_engine(args, max_batch=args.max_batch, max_seq_len=args.max_seq_len)
-    engine.max_queue = args.max_queue
+    engine.max_queue, engine.prefill_budget = args.max_queue, args.prefill_budget
     tokenizer = engine.tokenizer
     template = get_style(args.template or saved_style) if args.template or saved_style else default_style(tokenizer)
     name = args.model_name or Path(str(args.checkpoint).rstrip("/")).name

@@ -203,6 +203,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     async def health():
         return {"status": "ok" if worker.accepting else "stopping", "running": len(engine.active),
                 "waiting": len(engine._waiting), "forked_prefills": engine.stats.forked_prefills,
+                "prefill": {"forwards": engine.stats.prefill_forwards,
+                            "largest_batch": engine.stats.largest_prefill_batch, "budget": engine.prefill_budget},
                 "prefix_cache": prefix_report(engine.stats)}  # fmt: skip
 
     card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "scratchllm",
