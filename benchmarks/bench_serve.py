@@ -1,14 +1,16 @@
 """Serving benchmark: concurrent streaming clients against `scratchllm serve`, and against a peer server.
 
-Both servers get the same model (gpt2-small architecture, random weights, written once as a scratchllm
-folder and as its HuggingFace export), the same prompts (32-token slices of The Verdict) and the same
-requests (greedy, `max_tokens` new tokens each). For 1, 4, 8 and 16 concurrent clients, each sending
-`--rounds` requests one after another, it prints aggregate output tokens/s, time to first token (p50/p95)
-and time per output token, and the throughput ratio against 1 client, i.e. the same requests served one
-at a time (goal: >= 4x at 8 clients). The peer is `transformers serve` (with continuous batching) when it
-starts here; its figures are printed beside ours.
+Every server gets the same model (gpt2-small architecture, random weights, written once as a scratchllm
+folder, as its HuggingFace export and as a GGUF file of the same dtype), the same prompts (32-token slices
+of The Verdict, or with `--mixed` slices of 32 to 1,024 tokens) and the same requests (greedy, `max_tokens`
+new tokens each). For 1, 4, 8 and 16 concurrent clients, each sending `--rounds` requests one after
+another, it prints aggregate output tokens/s, time to first token (p50/p95) and time per output token, and
+the throughput ratio against 1 client, i.e. the same requests served one at a time (goals: >= 4x at 8
+clients; TTFT p95 at 8 clients <= 2x the single client's). The peers are `transformers serve` (continuous
+batching) and llama.cpp's server (llama-cpp-python's, one request at a time), each where it starts here.
 
-    .venv/bin/python benchmarks/bench_serve.py [--clients 1,4,8,16] [--max-tokens 64] [--dtype auto]
+    .venv/bin/python benchmarks/bench_serve.py [--clients 1,4,8,16] [--max-tokens 64] [--dtype auto] [--mixed]
+        [--peers transformers,llamacpp]
     .venv/bin/python benchmarks/bench_serve.py --prefix-only     # the shared-system-prompt comparison alone
 """
 
@@ -41,8 +43,8 @@ def free_port() -> int:
 def wait_up(proc: subprocess.Popen, url: str, seconds: float) -> bool:
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+        try:  # /health where the server has one; llama.cpp's answers /v1/models once its model is loaded
+            if any(httpx.get(url + path, timeout=2).status_code == 200 for path in ("/health", "/v1/models")):
                 return True
         except httpx.HTTPError:
             time.sleep(0.5)
@@ -54,7 +56,7 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
             "stream_options": {"include_usage": True}}  # fmt: skip
     start = time.perf_counter()
     first = last = None
-    tokens = 0
+    tokens = pieces = 0
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -65,8 +67,11 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
                 now = time.perf_counter()
                 first = first or now
                 last = now
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                pieces += 1
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+    tokens = tokens or pieces  # a server that reports no usage in streams (llama.cpp's): one piece per token
     first = first or time.perf_counter()
     last = last or first
     return {"ttft": first - start, "tpot": (last - first) / max(tokens - 1, 1), "tokens": tokens}
@@ -153,6 +158,36 @@ def bench_prefix_reuse(model_name: str, max_tokens: int, system_len: int = 512, 
           f"same tokens: {warm_tokens == cold_tokens}")
 
 
+def start_server(name: str, command: list[str], url: str, env: dict) -> subprocess.Popen | None:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if wait_up(proc, url, 180):
+        return proc
+    why = proc.stderr.read()[-400:] if proc.poll() is not None else "no answer within 180 s"
+    print(f"{name} did not start here: {why}")
+    stop(proc)
+    return None
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def make_prompts(tokenizer, story: list[int], mixed: bool) -> list[str]:
+    """64 prompts: 32-token slices, or with `mixed` lengths spread log-uniformly over 32..1024 tokens."""
+    if not mixed:
+        return [tokenizer.decode(story[i : i + 32]) for i in range(0, 32 * 64, 32)]
+    import random
+
+    rng = random.Random(0)
+    lengths = [int(32 * 32 ** rng.random()) for _ in range(64)]
+    starts = [rng.randrange(0, len(story) - n) for n in lengths]
+    return [tokenizer.decode(story[s : s + n]) for s, n in zip(starts, lengths)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2-small")
@@ -160,7 +195,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--no-peer", action="store_true", help="skip transformers serve")
+    p.add_argument("--mixed", action="store_true", help="prompts of 32 to 1,024 tokens instead of 32")
+    p.add_argument("--peers", default="transformers,llamacpp", help="comma list, or 'none'")
     p.add_argument("--prefix-only", action="store_true", help="only the shared-system-prompt comparison")
     args = p.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -180,7 +216,7 @@ def main() -> None:
     print(f"CPU: {cpu_description()}", flush=True)
     tokenizer = load_tokenizer("gpt2")
     story = tokenizer.encode((ASSETS / "the-verdict.txt").read_text(encoding="utf-8"))
-    prompts = [tokenizer.decode(story[i : i + 32]) for i in range(0, 32 * 64, 32)]
+    prompts = make_prompts(tokenizer, story, args.mixed)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     torch.manual_seed(0)
     model = build_model(args.model)
@@ -189,58 +225,68 @@ def main() -> None:
     to_hf(model, tokenizer, work / "hf")
     del model
     dtype = str(resolve_dtype(args.dtype, "cpu")).replace("torch.", "")
-    print(f"model {args.model} (random weights), {args.max_tokens} new tokens per request, greedy, "
-          f"{args.rounds} requests per client; {dtype} for both servers", flush=True)  # fmt: skip
+    peers = [] if args.peers == "none" else args.peers.split(",")
+    short = {"float32": "fp32", "bfloat16": "bf16"}[dtype]  # every server runs this one dtype
+    lengths = "32 to 1,024" if args.mixed else "32"
+    print(f"model {args.model} (random weights), prompts of {lengths} tokens, {args.max_tokens} new tokens per "
+          f"request, greedy, {args.rounds} requests per client; {dtype} for every server", flush=True)  # fmt: skip
     header = (f"{'server':22s} {'clients':>7s} {'tokens/s':>12s} {'vs 1':>8s} {'TTFT p50':>9s} "
               f"{'TTFT p95':>9s} {'TPOT ms':>9s}")
     print(header)
     env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 2))
+    bin_dir = Path(sys.executable).parent
+    results = {}
     port = free_port()
-    cli = Path(sys.executable).with_name("scratchllm")
-    ours = subprocess.Popen([str(cli), "serve", "--checkpoint", str(work / "ours"), "--port", str(port),
-                             "--max-batch", str(max(levels)), "--dtype", args.dtype, "--model-name", "bench"],
-                            env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_up(ours, url, 120):
-            raise SystemExit("scratchllm serve did not start")
-        mine = run_levels("scratchllm serve", url, "bench", prompts, levels, args.rounds, args.max_tokens)
-    finally:
-        ours.terminate()
-        ours.wait(timeout=60)
-    peer = None
-    if not args.no_peer:
+    servers = [("scratchllm serve", "bench", [str(bin_dir / "scratchllm"), "serve", "--checkpoint", str(work / "ours"),
+                "--port", str(port), "--max-batch", str(max(levels)), "--dtype", short, "--model-name", "bench"],
+                url)]  # fmt: skip
+    if "transformers" in peers:
         port = free_port()
-        tf = Path(sys.executable).with_name("transformers")
-        proc = subprocess.Popen([str(tf), "serve", str(work / "hf"), "--port", str(port), "--continuous-batching",
-                                 "--dtype", dtype, "--device", "cpu"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+        servers.append(("transformers serve", str(work / "hf"), [str(bin_dir / "transformers"), "serve",
+                        str(work / "hf"), "--port", str(port), "--continuous-batching", "--dtype", dtype, "--device",
+                        "cpu"], f"http://127.0.0.1:{port}"))  # fmt: skip
+    if "llamacpp" in peers:
+        from scratchllm.checkpoints.gguf import to_gguf
+
+        gguf_type = {"fp32": "f32", "bf16": "bf16"}[short]
+        to_gguf(_load(work / "ours"), tokenizer, work / "model.gguf", gguf_type)
+        port = free_port()
+        servers.append(("llama.cpp server", "bench", [sys.executable, "-m", "llama_cpp.server", "--model",
+                        str(work / "model.gguf"), "--model_alias", "bench", "--n_ctx", "2048", "--n_threads",
+                        str(os.cpu_count() or 2), "--port", str(port)], f"http://127.0.0.1:{port}"))  # fmt: skip
+    for name, model_id, command, url in servers:
+        proc = start_server(name, command, url, env)
+        if proc is None:
+            continue
         try:
-            if wait_up(proc, url, 180):
-                try:
-                    peer = run_levels("transformers serve", url, str(work / "hf"), prompts, levels, args.rounds,
-                                      args.max_tokens)  # fmt: skip
-                except Exception as e:  # a peer that starts but fails requests is reported, not fatal
-                    print(f"transformers serve failed a request: {e}")
-            else:
-                why = proc.stderr.read()[-400:] if proc.poll() is not None else "no answer within 180 s"
-                print(f"transformers serve did not start here: {why}")
+            results[name] = run_levels(name, url, model_id, prompts, levels, args.rounds, args.max_tokens)
+        except Exception as e:  # a peer that starts but fails requests is reported, not fatal
+            print(f"{name} failed a request: {e}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    at8 = next((r for r in mine if r["clients"] == 8), None)
-    if at8:
-        print(f"\naggregate throughput at 8 clients vs one at a time: {at8['ratio']:.2f}x (goal >= 4x)")
-        if peer:
-            p8 = next((r for r in peer if r["clients"] == 8), None)
-            if p8:
-                print(f"scratchllm vs transformers serve at 8 clients: {at8['tokens_per_s'] / p8['tokens_per_s']:.2f}x")
-    print(json.dumps({"ours": mine, "transformers": peer}))
-    bench_prefix_reuse(args.model, args.max_tokens)
+            stop(proc)
+    mine = results.get("scratchllm serve", [])
+    by = {r["clients"]: r for r in mine}
+    if 8 in by and 1 in by:
+        print(f"\naggregate throughput at 8 clients vs one at a time: {by[8]['ratio']:.2f}x (goal >= 4x)")
+        print(f"TTFT p95 at 8 clients vs the single client's: {by[8]['ttft_p95'] / by[1]['ttft_p50']:.2f}x "
+              f"({by[8]['ttft_p95'] * 1e3:.0f} vs {by[1]['ttft_p50'] * 1e3:.0f} ms; goal <= 2x)")
+    for name, rows in results.items():
+        if name == "scratchllm serve":
+            continue
+        theirs = {r["clients"]: r for r in rows}
+        ratios = ", ".join(f"{c} clients {by[c]['tokens_per_s'] / theirs[c]['tokens_per_s']:.2f}x"
+                           for c in levels if c in by and c in theirs)  # fmt: skip
+        print(f"scratchllm vs {name}, aggregate tokens/s: {ratios}")
+    print(json.dumps(results))
+    if not args.mixed:
+        bench_prefix_reuse(args.model, args.max_tokens)
+
+
+def _load(folder: Path):
+    from scratchllm.checkpoints.load import load_checkpoint
+
+    return load_checkpoint(folder, "fp32", "cpu").model
 
 
 if __name__ == "__main__":

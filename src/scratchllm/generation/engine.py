@@ -108,6 +108,8 @@ class Engine:
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()
         self._work = threading.Condition()
+        self._grammars = None  # structured output: built on first use (generation/constrained.py)
+        self._compiled: dict[str, str] = {}  # schema (as JSON text) -> its compiled grammar
 
     def _prepare(self, quantize: str | None, compile: bool):
         self.model.eval()
@@ -150,6 +152,8 @@ class Engine:
                 request._generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
             if self.tokenizer is not None:
                 request._decoder = StreamDecoder(self.tokenizer, cfg.stop_strings)
+            if cfg.json_schema is not None:
+                request._matcher = self.json_matcher(cfg.json_schema)
             requests.append(request)
         with self._work:
             if len(self._waiting) + len(requests) > self.max_queue:
@@ -157,6 +161,22 @@ class Engine:
             self._waiting.extend(requests)
             self._work.notify()
         return requests
+
+    def json_matcher(self, schema: dict):
+        """A fresh matcher for `schema` (compiled once per schema); a schema that cannot be compiled is a
+        ScratchLLMError saying why, raised before anything is queued."""
+        import json
+
+        from scratchllm.generation.constrained import Grammars
+        from scratchllm.generation.stream import end_of_text_ids
+
+        if self._grammars is None:
+            stops = end_of_text_ids(self.tokenizer) if self.tokenizer is not None else ()
+            self._grammars = Grammars(self.tokenizer, self.model.config.vocab_size, stops)
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._compiled:
+            self._compiled[key] = self._grammars.compile(schema)
+        return self._grammars.matcher(self._compiled[key])
 
     def fit_prompt(self, prompt: list[int], cfg: GenerationConfig) -> list[int]:
         if len(prompt) == 0:
@@ -432,6 +452,11 @@ class Engine:
         Sampling and log-probabilities are computed for all rows at once on the device; the host reads the
         chosen ids once per step, whatever the batch (and the log-probabilities once, when rows ask for them)."""
         cfgs = [r.cfg for r in requests]
+        constrained = [i for i, r in enumerate(requests) if r._matcher is not None]
+        if constrained:  # structured output: only the tokens its grammar allows next
+            logits = logits.clone()
+            for i in constrained:
+                logits[i].masked_fill_(~requests[i]._matcher.allowed().to(logits.device), float("-inf"))
         if all(c.greedy and c.repetition_penalty == 1.0 for c in cfgs):
             chosen_t = logits.float().argmax(dim=-1)
         else:
@@ -454,12 +479,20 @@ class Engine:
             out = TokenOut(token, "")
             if i in logprobs:
                 out.logprob, out.top_logprobs = logprobs[i]
-            if token in r.cfg.stop_ids:
+            matcher = r._matcher
+            if token in r.cfg.stop_ids or (matcher is not None and token in self._grammars.stop_ids):
                 reason = "stop_id"
             else:
                 if r._decoder is not None:
                     out.text = r._decoder.push(token)
                 reason = "stop_string" if r._decoder is not None and r._decoder.stopped else None
+                if matcher is not None:
+                    matcher.accept(token)
+                    if matcher.error:
+                        r.error = f"structured output: {matcher.error}"
+                        reason = "error"
+                    elif reason is None and matcher.stopped:
+                        reason = "grammar"  # the JSON is complete: nothing else may follow
             if reason is None and len(r.tokens) >= r.cfg.max_new_tokens:
                 reason = "length"
             if r.cfg.logprobs is not None:

@@ -26,6 +26,8 @@ class GenerationConfig(SamplingConfig):
     # also score the prompt: each prompt token's log-probability given the tokens before it (the first has
     # none) and this many alternatives; with max_new_tokens 0 that is all the request does (lm-eval's echo)
     prompt_logprobs: int | None = None
+    # structured output: the reply is JSON valid under this schema, enforced token by token (`constrained.py`)
+    json_schema: dict | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,7 +61,8 @@ class EngineBusy(ScratchLLMError):
 class Request:
     """One generation: its prompt, settings, output so far and, once done, why it ended.
 
-    finish_reason: "length" (max_new_tokens), "stop_id", "stop_string", "context" (its cache row is full),
+    finish_reason: "length" (max_new_tokens), "stop_id", "stop_string", "grammar" (its JSON is complete),
+    "context" (its cache row is full),
     "cancelled" or "error" (then `error` says why). `listener(request, out)` is called from the engine's
     thread with each `TokenOut`, and once with None when the request has finished.
     """
@@ -85,6 +88,7 @@ class Request:
     _generator: torch.Generator | None = None
     _decoder: StreamDecoder | None = None
     _history: torch.Tensor | None = None  # prompt + tokens on the device (repetition penalty only)
+    _matcher: object | None = None  # with cfg.json_schema: where the reply stands in the schema's grammar
     _done: threading.Event = field(default_factory=threading.Event)
 
     @property

@@ -268,6 +268,11 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             return lambda r, out: loop.call_soon_threadsafe(queue.put_nowait, (index, r, out))
 
         items = [(parsed.prompts[i], cfg, listener(i)) for i, cfg in enumerate(parsed.configs)]
+        if parsed.configs[0].json_schema is not None:  # a schema the grammar engine refuses is the client's error
+            try:
+                engine.json_matcher(parsed.configs[0].json_schema)
+            except ScratchLLMError as e:
+                raise ApiError(400, str(e), "response_format") from None
         try:
             requests: list[Request] = engine.submit_all(items)  # all choices or none: nothing to cancel
         except EngineBusy as e:

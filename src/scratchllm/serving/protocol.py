@@ -28,7 +28,7 @@ from scratchllm.generation.engine import GenerationConfig, Request, TokenOut
 
 MAX_N = 8
 MAX_STOP_STRINGS = 4
-FINISH_REASONS = {"stop_id": "stop", "stop_string": "stop", "length": "length", "context": "length"}
+FINISH_REASONS = {"stop_id": "stop", "stop_string": "stop", "grammar": "stop", "length": "length", "context": "length"}
 # Accepted only at their neutral value: anything else would change the output in a way we do not implement.
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "suffix": None, "tools": None,
            "functions": None, "logit_bias": None, "tool_choice": "none", "modalities": ["text"]}  # fmt: skip
@@ -113,9 +113,7 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
     echo = body.get("echo") or False
     if not isinstance(echo, bool):
         raise ApiError(400, "'echo' must be true or false", "echo")
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise ApiError(400, "'response_format' other than text is not supported by this server", "response_format")
+    schema = response_schema(body.get("response_format"))
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:
@@ -167,11 +165,33 @@ def parse_settings(body: dict, prompt: list[int], *, chat: bool, max_seq_len: in
         GenerationConfig(
             max_new_tokens=max_tokens, temperature=temperature, top_p=top_p if top_p < 1 else None, seed=
             None if seed is None else seed + i, stop_ids=stop_ids, stop_strings=tuple(stops) + extra_stops,
-            logprobs=logprobs, prompt_logprobs=logprobs if echo else None, **extras,
+            logprobs=logprobs, prompt_logprobs=logprobs if echo else None, json_schema=schema, **extras,
         )  # fmt: skip
         for i in range(n)
     ]
     return Parsed([prompt] * n, configs, stream, bool(options.get("include_usage")), logprobs, echo, len(prompt))
+
+
+def response_schema(fmt: Any) -> dict | None:
+    """The JSON schema a `response_format` asks for (None for plain text): `json_object` is any JSON object,
+    `json_schema` its `schema`; the engine then enforces it token by token."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ApiError(400, "'response_format.json_schema' must be an object with a 'schema' object",
+                           "response_format")  # fmt: skip
+        unknown = sorted(set(spec) - {"name", "description", "schema", "strict"})
+        if unknown:
+            raise ApiError(400, f"'response_format.json_schema.{unknown[0]}' is not supported", "response_format")
+        return spec.get("schema", {})
+    raise ApiError(400, "'response_format' must have type text, json_object or json_schema", "response_format")
 
 
 MAX_PROMPTS = 64

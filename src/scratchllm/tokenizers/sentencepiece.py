@@ -83,7 +83,7 @@ class SentencePieceTokenizer:
         piece = self.sp.IdToPiece(int(token_id))
         if self.sp.IsByte(int(token_id)):
             return bytes([int(piece[3:-1], 16)])
-        if self.sp.IsControl(int(token_id)):
+        if self.sp.IsControl(int(token_id)) or self.sp.IsUnknown(int(token_id)):
             return b""
         return piece.replace("\u2581", " ").encode("utf-8")
 
