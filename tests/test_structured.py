@@ -90,8 +90,9 @@ def test_response_format_through_the_openai_client(engine):
 
 
 def test_a_sentencepiece_vocabulary_with_byte_fallback(tmp_path):
-    """Gemma-style SentencePiece (control and byte pieces, no dummy prefix): its token table marks every
-    piece that is no text as special, so JSON with non-ASCII strings still comes out valid."""
+    """Gemma-style SentencePiece (control and byte pieces, no dummy prefix): every piece that is no text is
+    marked special in the token table, so even a model that wants `<start_of_turn>` at every step (its logit
+    raised far above the rest) never puts it inside a JSON string, and non-ASCII strings come out valid."""
     from scratchllm.tokenizers import load_tokenizer
     from tests.hf_families import gemma_style_sentencepiece
 
@@ -100,11 +101,16 @@ def test_a_sentencepiece_vocabulary_with_byte_fallback(tmp_path):
     tokenizer = load_tokenizer(tmp_path)
     torch.manual_seed(0)
     model = build_model("gemma3-tiny", vocab_size=tokenizer.vocab_size + 12, context_length=256).eval()  # padded
-    engine = Engine(model, tokenizer, max_batch=2)
-    schema = {"type": "object", "properties": {"name": {"enum": ["Zoë", "Ünï"]}, "n": {"type": "integer",
-              "minimum": 0, "maximum": 99}}, "required": ["name", "n"], "additionalProperties": False}  # fmt: skip
+    turn = tokenizer.special_tokens["<start_of_turn>"]
+    with torch.no_grad():
+        model.out_head.weight[turn] = model.final_norm.weight.sign() * 50  # the favourite token, always
+    engine = Engine(model, tokenizer, max_batch=2, prepare=False)
+    schema = {"type": "object", "properties": {"name": {"enum": ["Zoë", "Ünï"]}, "note": {"type": "string",
+              "maxLength": 12}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["name", "note", "n"], "additionalProperties": False}  # fmt: skip
     r = engine.submit(tokenizer.encode("json:"), GenerationConfig(max_new_tokens=120, json_schema=schema,
                                                                   temperature=1.0, seed=5))  # fmt: skip
     engine.run()
     jsonschema.validate(json.loads(r.text), schema)
     assert all(t < tokenizer.vocab_size for t in r.tokens)  # never a padded id
+    assert not set(r.tokens) & set(tokenizer.special_tokens.values())
