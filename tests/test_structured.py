@@ -102,8 +102,18 @@ def test_a_sentencepiece_vocabulary_with_byte_fallback(tmp_path):
     torch.manual_seed(0)
     model = build_model("gemma3-tiny", vocab_size=tokenizer.vocab_size + 12, context_length=256).eval()  # padded
     turn = tokenizer.special_tokens["<start_of_turn>"]
-    with torch.no_grad():
-        model.out_head.weight[turn] = model.final_norm.weight.sign() * 50  # the favourite token, always
+
+    class Favour(torch.nn.Module):  # the output head, with that token's logit raised by 100
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            y = self.head(x)
+            y[..., turn] += 100
+            return y
+
+    model.out_head = Favour(model.out_head)
     engine = Engine(model, tokenizer, max_batch=2, prepare=False)
     schema = {"type": "object", "properties": {"name": {"enum": ["Zoë", "Ünï"]}, "note": {"type": "string",
               "maxLength": 12}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
