@@ -116,7 +116,7 @@ def test_a_sentencepiece_vocabulary_with_byte_fallback(tmp_path):
     model.out_head = Favour(model.out_head)
     engine = Engine(model, tokenizer, max_batch=2, prepare=False)
     schema = {"type": "object", "properties": {"name": {"enum": ["Zoë", "Ünï"]}, "note": {"type": "string",
-              "maxLength": 12}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "maxLength": 40}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
               "required": ["name", "note", "n"], "additionalProperties": False}  # fmt: skip
     r = engine.submit(tokenizer.encode("json:"), GenerationConfig(max_new_tokens=120, json_schema=schema,
                                                                   temperature=1.0, seed=5))  # fmt: skip
