@@ -267,6 +267,11 @@ def main() -> None:
             stop(proc)
     mine = results.get("scratchllm serve", [])
     by = {r["clients"]: r for r in mine}
+    if 1 in by:  # where a single client's decode goes: the same requests on the engine in this process
+        alone = in_process(work / "ours", tokenizer, prompts[: args.rounds], args.max_tokens, short)
+        print(f"\none client, served: {by[1]['tokens_per_s']:.1f} tokens/s, TPOT {by[1]['tpot'] * 1e3:.1f} ms; the "
+              f"same requests on the engine in-process (no HTTP, no client): {alone:.1f} tokens/s "
+              f"({by[1]['tokens_per_s'] / alone:.2f}x)")
     if 8 in by and 1 in by:
         print(f"\naggregate throughput at 8 clients vs one at a time: {by[8]['ratio']:.2f}x (goal >= 4x)")
         print(f"TTFT p95 at 8 clients vs the single client's: {by[8]['ttft_p95'] / by[1]['ttft_p50']:.2f}x "
@@ -281,6 +286,24 @@ def main() -> None:
     print(json.dumps(results))
     if not args.mixed:
         bench_prefix_reuse(args.model, args.max_tokens)
+
+
+def in_process(folder: Path, tokenizer, prompts: list[str], max_tokens: int, dtype: str) -> float:
+    """Output tokens/s of `prompts` generated one after another on an Engine in this process."""
+    import torch
+
+    from scratchllm.checkpoints.load import load_checkpoint
+    from scratchllm.generation.engine import Engine, GenerationConfig
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    engine = Engine(load_checkpoint(folder, dtype, "cpu").model, tokenizer, max_batch=1)
+    engine.run([engine.submit(tokenizer.encode(prompts[0]), GenerationConfig(max_new_tokens=4))])  # warm-up
+    start, tokens = time.perf_counter(), 0
+    for p in prompts:
+        r = engine.submit(tokenizer.encode(p), GenerationConfig(max_new_tokens=max_tokens))
+        engine.run([r])
+        tokens += len(r.tokens)
+    return tokens / (time.perf_counter() - start)
 
 
 def _load(folder: Path):
