@@ -79,11 +79,16 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
 
 def load(url: str, model: str, prompts: list[str], clients: int, rounds: int, max_tokens: int) -> dict:
     results: list[dict] = []
+    errors: list[Exception] = []
     lock = threading.Lock()
 
     def client(k: int) -> None:
         for j in range(rounds):
-            r = one_request(url, model, prompts[(k * rounds + j) % len(prompts)], max_tokens)
+            try:
+                r = one_request(url, model, prompts[(k * rounds + j) % len(prompts)], max_tokens)
+            except Exception as e:  # the load's caller reports it
+                errors.append(e)
+                return
             with lock:
                 results.append(r)
 
@@ -94,6 +99,8 @@ def load(url: str, model: str, prompts: list[str], clients: int, rounds: int, ma
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
     ttfts = sorted(r["ttft"] for r in results)
     return {
         "clients": clients,
@@ -103,19 +110,6 @@ def load(url: str, model: str, prompts: list[str], clients: int, rounds: int, ma
         "tpot": statistics.median(r["tpot"] for r in results),
         "tokens": sum(r["tokens"] for r in results),
     }
-
-
-def run_levels(name: str, url: str, model: str, prompts, levels, rounds, max_tokens) -> list[dict]:
-    load(url, model, prompts[:2], 2, 1, 4)  # warm-up
-    rows = []
-    for c in levels:
-        row = load(url, model, prompts, c, rounds, max_tokens)
-        base = rows[0]["tokens_per_s"] if rows else row["tokens_per_s"]
-        row["ratio"] = row["tokens_per_s"] / base
-        rows.append(row)
-        print(f"{name:22s} {c:7d} {row['tokens_per_s']:12.1f} {row['ratio']:7.2f}x {row['ttft_p50'] * 1e3:9.0f} "
-              f"{row['ttft_p95'] * 1e3:9.0f} {row['tpot'] * 1e3:9.1f}", flush=True)  # fmt: skip
-    return rows
 
 
 def bench_prefix_reuse(model_name: str, max_tokens: int, system_len: int = 512, requests: int = 8) -> None:
@@ -254,17 +248,37 @@ def main() -> None:
         port = free_port()
         servers.append(("llama.cpp server", "bench", [sys.executable, "-m", "llama_cpp.server", "--model",
                         str(work / "model.gguf"), "--model_alias", "bench", "--n_ctx", "2048", "--n_threads",
-                        str(os.cpu_count() or 2), "--port", str(port)], f"http://127.0.0.1:{port}"))  # fmt: skip
-    for name, model_id, command, url in servers:
-        proc = start_server(name, command, url, env)
-        if proc is None:
-            continue
-        try:
-            results[name] = run_levels(name, url, model_id, prompts, levels, args.rounds, args.max_tokens)
-        except Exception as e:  # a peer that starts but fails requests is reported, not fatal
-            print(f"{name} failed a request: {e}")
-        finally:
+                        str(os.cpu_count() or 2), "--interrupt_requests", "False", "--port", str(port)],
+                        f"http://127.0.0.1:{port}"))  # fmt: skip
+    # Every server is up at once and the loads alternate between them level by level: this VM's speed drifts
+    # by 2-5x within minutes, so only loads measured side by side compare (an idle server waits, it does not spin).
+    procs = {}
+    try:
+        for name, model_id, command, url in servers:
+            proc = start_server(name, command, url, env)
+            if proc is not None:
+                procs[name] = proc
+                load(url, model_id, prompts[:2], 2, 1, 4)  # warm-up
+        for c in levels:
+            for name, model_id, _, url in servers:
+                if name not in procs or results.get(name) is False:
+                    continue
+                try:
+                    row = load(url, model_id, prompts, c, args.rounds, args.max_tokens)
+                except Exception as e:  # a peer that starts but fails requests is reported, not fatal
+                    print(f"{name} failed a request: {e}")
+                    results[name] = False
+                    continue
+                rows = results.setdefault(name, [])
+                row["ratio"] = row["tokens_per_s"] / (rows[0]["tokens_per_s"] if rows else row["tokens_per_s"])
+                rows.append(row)
+                print(f"{name:22s} {c:7d} {row['tokens_per_s']:12.1f} {row['ratio']:7.2f}x "
+                      f"{row['ttft_p50'] * 1e3:9.0f} {row['ttft_p95'] * 1e3:9.0f} {row['tpot'] * 1e3:9.1f}",
+                      flush=True)  # fmt: skip
+    finally:
+        for proc in procs.values():
             stop(proc)
+    results = {k: v for k, v in results.items() if v}
     mine = results.get("scratchllm serve", [])
     by = {r["clients"]: r for r in mine}
     if 1 in by:  # where a single client's decode goes: the same requests on the engine in this process
