@@ -153,10 +153,13 @@ def bench_prefix_reuse(model_name: str, max_tokens: int, system_len: int = 512, 
 
 
 def start_server(name: str, command: list[str], url: str, env: dict) -> subprocess.Popen | None:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: an unread pipe fills up and blocks a server that logs every request (llama.cpp's).
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     if wait_up(proc, url, 180):
         return proc
-    why = proc.stderr.read()[-400:] if proc.poll() is not None else "no answer within 180 s"
+    log.flush()
+    why = Path(log.name).read_text()[-400:] if proc.poll() is not None else "no answer within 180 s"
     print(f"{name} did not start here: {why}")
     stop(proc)
     return None
