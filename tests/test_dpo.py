@@ -164,7 +164,7 @@ def test_book_response_mask_reproduces_the_books_collate_and_ours_leaves_out_the
     assert book_counts[:4] == [24, 12, 13, 15]  # the count of the book's own collate on these records
 
 
-def test_book_recipe_config_reproduces_the_books_mask(tmp_path):
+def test_book_recipe_config_reproduces_the_books_mask(pref_file, tmp_path):
     from pathlib import Path
 
     from scratchllm.training.config import build_config
@@ -172,7 +172,7 @@ def test_book_recipe_config_reproduces_the_books_mask(tmp_path):
     cfg = build_config(Path(__file__).parents[1] / "configs" / "dpo-book.yaml", DPOConfig)
     assert cfg.response_mask == "book" and DPOConfig().response_mask == "response"
     with pytest.raises(Exception, match="alpaca prompt"):
-        finetune_dpo(DPOConfig(checkpoint="gpt-tiny", data="x.json", style="chatml", response_mask="book",
+        finetune_dpo(DPOConfig(checkpoint="gpt-tiny", data=str(pref_file), style="chatml", response_mask="book",
                                out_dir=str(tmp_path / "run")))  # fmt: skip
     assert not (tmp_path / "run").exists()
 
