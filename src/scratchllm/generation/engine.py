@@ -241,7 +241,7 @@ class Engine:
         self._retire()
         self._prefill_pending()
         self._retire()
-        if any(r._pending == 0 and r._follows is None for r in self.active):
+        if any(r.decoding for r in self.active):
             self._decode()
             self._retire()
 
@@ -282,7 +282,7 @@ class Engine:
         """Spend the step's prefill budget on the rows still prefilling, batching rows that wait at the same
         position in neighbouring rows into one forward (a chunk as long as the shortest one's rest, so no row
         is padded: padding would write junk keys into a sliding window's ring)."""
-        budget = self.prefill_budget if any(not r._pending and r._follows is None for r in self.active) else None
+        budget = self.prefill_budget if any(r.decoding for r in self.active) else None
         while budget is None or budget > 0:
             for r in self.active:  # a request whose twin ended before prefilling prefills itself
                 if r._follows is not None and r._follows.done:
@@ -400,14 +400,14 @@ class Engine:
 
     def _decode(self) -> None:
         for row, request in enumerate(self.active):  # a full row slides or stops before the step
-            if request._filled >= self.max_seq_len and not request._pending and request._follows is None:
+            if request._filled >= self.max_seq_len and request.decoding:
                 if request.cfg.overflow == "slide":
                     keep = self.max_seq_len * 3 // 4
                     self._prefill(request, row, (request.prompt + request.tokens)[-keep:])
                 else:
                     self._finish(request, "context")
         self._retire()
-        decoding = [i for i, r in enumerate(self.active) if not r._pending and r._follows is None]
+        decoding = [i for i, r in enumerate(self.active) if r.decoding]
         if not decoding:
             return
         start = time.perf_counter()

@@ -92,6 +92,11 @@ class Request:
     _done: threading.Event = field(default_factory=threading.Event)
 
     @property
+    def decoding(self) -> bool:
+        """Its prompt is in its cache row (not still prefilling, nor waiting to copy a twin's)."""
+        return not self._pending and self._follows is None
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None
 

@@ -142,6 +142,10 @@ class StackedLoRA(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return torch.bmm(self.lora_B, self.lora_A) * self.scaling
 
+    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The stack `weight` with every expert's update folded in (export and merging)."""
+        return weight + self.delta_weight().to(weight.dtype)
+
 
 # The stacked expert weights a mixture of experts holds, and the attribute of each one's adapter.
 EXPERT_WEIGHTS = {"gate_up": "lora_gate_up", "down": "lora_down"}
@@ -237,7 +241,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in lora_layers(model).items():
         out[f"{name}.weight"] = layer.merged_weight()
     for key, (moe, weight, adapter) in expert_adapters(model).items():
-        out[key] = getattr(moe, weight) + adapter.delta_weight().to(getattr(moe, weight).dtype)
+        out[key] = adapter.merged_weight(getattr(moe, weight))
     return out
 
 
@@ -257,6 +261,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
     rewrite_linears(model, merged)
     for moe, weight, adapter in expert_adapters(model).values():
-        getattr(moe, weight).add_(adapter.delta_weight().to(getattr(moe, weight).dtype))
+        getattr(moe, weight).copy_(adapter.merged_weight(getattr(moe, weight)))
         setattr(moe, EXPERT_WEIGHTS[weight], None)
     return model
