@@ -125,7 +125,7 @@ def bench_llama_cpp(args: argparse.Namespace, bandwidth: float) -> None:
                   f"{size / 1e6:.0f} MB)   ours {label:13s} {m:6.1f} tokens/s   ours/llama.cpp {m / t:.2f}x "
                   f"(rounds {min(a / b for a, b in zip(mine, theirs)):.2f}-"
                   f"{max(a / b for a, b in zip(mine, theirs)):.2f}x)")  # fmt: skip
-    chosen = {f"{o}x{i} {str(d).replace('torch.', '')}": k for (o, i, d, _), k in packed._MEASURED.items()}
+    chosen = {f"{o}x{i} {str(d).replace('torch.', '')}": k for (o, i, d, _), k in packed._ONE_ROW.items()}
     print(f"  one-row kernels the engine chose: {chosen}")
 
 

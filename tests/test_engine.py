@@ -159,27 +159,33 @@ def test_fixed_shape_decode_equals_the_default(model):
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("kernel", ["mv", "packed", "linear"])
-def test_each_decode_kernel_keeps_fp32_greedy_tokens(kernel, monkeypatch):
-    """Whichever one-row kernel the engine's measurement picks, fp32 greedy decoding (one row, then batched
-    rows, which take F.linear) gives the unprepared model's tokens; matrices here are 1-4 MB, so rewritten."""
+@pytest.mark.parametrize("kernels", [("mv", "mkl"), ("onednn", "linear"), ("linear", "mkl"), ("linear", "linear")])
+def test_each_decode_kernel_keeps_fp32_greedy_tokens(kernels, monkeypatch):
+    """Whichever kernels the engine's measurement picks for one row and for a few, fp32 greedy decoding (one
+    row, then 4 batched rows) gives the unprepared model's tokens; matrices here are 1-4 MB, so rewritten."""
     from scratchllm.generation import packed
 
-    monkeypatch.setattr(packed, "_MEASURED", {})
-    monkeypatch.setattr(packed, "fastest_kernel", lambda weights, bias=False: kernel)
+    one_row, few_rows = kernels
+    monkeypatch.setattr(packed, "_ONE_ROW", {})
+    monkeypatch.setattr(packed, "_FEW_ROWS", {})
+    monkeypatch.setattr(packed, "fastest_kernel", lambda weights, bias=False: one_row)
+    monkeypatch.setattr(packed, "fastest_few_rows", lambda weights, bias=False: few_rows)
     model = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
     reference = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
-    engine = Engine(model, max_batch=2)
-    expected_type = {"linear": torch.nn.Linear, **packed.KERNELS}[kernel]
-    assert type(model.blocks[0].ff.fc1) is expected_type
+    engine = Engine(model, max_batch=4)
+    layer = model.blocks[0].ff.fc1
+    if kernels == ("linear", "linear"):
+        assert type(layer) is torch.nn.Linear
+    else:
+        assert (layer.one_row, layer.few_rows) == kernels
     cfg = GenerationConfig(max_new_tokens=12)
-    a, b = prompts(2, seed=3)
-    ra = engine.submit(a, cfg)
+    batch = prompts(4, seed=3)
+    ra = engine.submit(batch[0], cfg)
     engine.run()
-    assert ra.tokens == alone(reference, a, cfg)
-    ra, rb = engine.submit(a, cfg), engine.submit(b, cfg)
+    assert ra.tokens == alone(reference, batch[0], cfg)
+    requests = [engine.submit(p, cfg) for p in batch]
     engine.run()
-    assert ra.tokens == alone(reference, a, cfg) and rb.tokens == alone(reference, b, cfg)
+    assert [r.tokens for r in requests] == [alone(reference, p, cfg) for p in batch]
 
 
 def test_one_prompt_asked_several_times_is_prefilled_once(model):

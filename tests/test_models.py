@@ -247,34 +247,41 @@ def test_replace_rederives_widths():
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
 def test_decode_kernels_keep_values(preset):
-    """oneDNN-packed fp32 weights and matrix-vector products, put in through the one Linear-rewrite helper, give
-    F.linear's values for one row and for several; the engine's rewrite (`prepare_linears`) gives each layer the
-    kernel its measurement chose, and keeps the tied head's storage shared with the embedding."""
+    """Each decode kernel (matrix-vector or oneDNN-packed for one row, MKL-packed for a few rows), put in
+    through the one Linear-rewrite helper, gives F.linear's values for one row, a few rows and a prefill's
+    many; the engine's rewrite (`prepare_linears`) gives each layer the kernels its measurement chose, and
+    keeps the tied head's storage shared with the embedding."""
     from scratchllm.generation import packed
-    from scratchllm.generation.packed import GemvLinear, PackedLinear, fastest_kernel, prepare_linears
+    from scratchllm.generation.packed import DecodeLinear, fastest_kernel, prepare_linears
     from scratchllm.models.linear import rewrite_linears
 
     torch.manual_seed(0)
     idx = torch.randint(0, 512, (2, 12))
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in build_model(preset).modules())
-    for kind in (PackedLinear, GemvLinear):
+    for one_row, few_rows in [(k, f) for k in packed.ONE_ROW_KERNELS for f in ("linear", "mkl")]:
         model = build_model(preset, tie_embeddings=True).eval()
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("bias"):  # initialised to zero: give them values that count
                     p.normal_(0.0, 0.5)
-            expected, one_row = model(idx), model(idx[:1, :1])
-            assert rewrite_linears(model, lambda name, layer, kind=kind: kind(layer)) == n_linear
-            assert isinstance(model.blocks[0].attn.qkv, kind) and isinstance(model.out_head, kind)
+            expected, one, eight = model(idx), model(idx[:1, :1]), model(idx[:, :4].reshape(8, 1))
+            kinds = (one_row, few_rows)
+            assert rewrite_linears(model, lambda name, layer, kinds=kinds: DecodeLinear(layer, *kinds)) == n_linear
+            assert isinstance(model.blocks[0].attn.qkv, DecodeLinear) and isinstance(model.out_head, DecodeLinear)
             assert torch.allclose(model(idx), expected, atol=1e-5)
-            assert torch.allclose(model(idx[:1, :1]), one_row, atol=1e-5)
+            assert torch.allclose(model(idx[:1, :1]), one, atol=1e-5)
+            assert torch.allclose(model(idx[:, :4].reshape(8, 1)), eight, atol=1e-5)
     with torch.no_grad():
         assert fastest_kernel([torch.nn.Linear(64, 64).weight]) == "linear"  # under 1 MB: caches serve it
         big = build_model(preset, emb_dim=512, n_heads=4, n_kv_heads=4, hidden_dim=2048, tie_embeddings=True)
         layer = big.eval().blocks[0].ff
         key = packed._key(layer.up if hasattr(layer, "up") else layer.fc1)  # (2048, 512, fp32, bias)
-        prepare_linears(big)
+        prepare_linears(big, rows=8)
         layer = big.blocks[0].ff.up if hasattr(big.blocks[0].ff, "up") else big.blocks[0].ff.fc1
-        assert type(layer) is {"linear": torch.nn.Linear, **packed.KERNELS}[packed._MEASURED[key]]
-        if isinstance(big.out_head, GemvLinear):  # the tied head reads the embedding's own storage
+        chosen = (packed._ONE_ROW[key], packed._FEW_ROWS[key])
+        if chosen == ("linear", "linear"):
+            assert type(layer) is torch.nn.Linear
+        else:
+            assert (layer.one_row, layer.few_rows) == chosen
+        if isinstance(big.out_head, DecodeLinear):  # the tied head reads the embedding's own storage
             assert big.out_head.weight.data_ptr() == big.tok_emb.weight.data_ptr()

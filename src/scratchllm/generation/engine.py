@@ -130,7 +130,7 @@ class Engine:
         if quantize is None:
             from scratchllm.generation.packed import prepare_linears
 
-            prepare_linears(self.model)  # CPU: each product's fastest one-row kernel
+            prepare_linears(self.model, self.max_batch)  # CPU: each product's fastest kernels for its rows
         return self.model
 
     # -- requests ----------------------------------------------------------------------------------------

@@ -1,20 +1,23 @@
-"""Decode-time Linear layers: each one's product runs the kernel measured fastest for its shape on this CPU.
+"""Decode-time Linear layers: each product runs the kernel measured fastest for its shape and row count here.
 
 Why: decoding multiplies a few rows (one per sequence) by every weight matrix, so its speed is the speed at
 which the product streams weights from memory, and which kernel streams fastest is a property of the CPU,
-the dtype and the shape, not of the code. Three candidates, for one row:
+the dtype, the shape and the number of rows, not of the code. Candidates for one row:
 - `F.linear` (MKL / oneDNN through aten's addmm),
 - `torch.mv` / `addmv`, a matrix-vector kernel: for bf16 it streams far faster than `F.linear`, whose bf16
   path is a blocked matrix product that one row cannot feed,
-- fp32 only: oneDNN's product with the weight stored once in its own blocked layout (`PackedLinear`).
-`prepare_linears` times the three once per process, shape and dtype, on the model's own weights of that
-shape (the working set decoding streams, so caches help the measurement as much as they help decoding: this
-development machine's VM reports a 300 MB L3), and keeps the fastest; matrices under 1 MB stay plain.
-Several rows (prefill, batched decode) run `F.linear`, or the packed product for a packed layer.
-docs/benchmarks.md has the measured figures.
+- fp32 only: oneDNN's product with the weight stored once in its own blocked layout ("onednn").
+For a few rows (batched decode, `FEW_ROWS`), fp32 only: MKL's product on a weight packed once for it ("mkl").
+`F.linear`'s fp32 product re-packs the weight on every call for 4 to 16 rows, which streams it at half the
+speed or less (a batch of 8 cost 2.3x one row for gpt2-small); a weight packed once does not.
+`prepare_linears` times the candidates once per process, shape and dtype, on the model's own weights of
+that shape (the working set decoding streams, so caches help the measurement as much as they help decoding:
+this development machine's VM reports a 300 MB L3), and keeps the fastest; matrices under 1 MB stay plain.
+More rows than `FEW_ROWS` (prefill) always run `F.linear`. docs/benchmarks.md has the measured figures.
 
-Costs: a packed copy is not a Parameter (no gradients, not in `parameters()`), and a tied output head packed
-gets its own copy; a `GemvLinear` keeps the layer's own weight. Values are those of `F.linear` up to rounding.
+Costs: a packed copy is not a Parameter (no gradients, not in `parameters()`) and takes memory of its own
+(MKL's is 1.5-2.6x the weight); the layer keeps its weight, so a tied head still shares the embedding's
+storage. Values are those of `F.linear` up to rounding.
 """
 
 from __future__ import annotations
@@ -25,69 +28,82 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+FEW_ROWS = range(4, 17)  # batched-decode row counts given MKL's packed product where it was measured faster
+ONE_ROW_KERNELS = ("linear", "mv", "onednn")
+_ONE_ROW: dict[tuple, str] = {}  # (out, in, dtype, bias) -> the one-row kernel measured fastest here
+_FEW_ROWS: dict[tuple, str] = {}  # the same key -> "linear" or "mkl" for FEW_ROWS rows
 
-class PackedLinear(nn.Module):
-    """A frozen fp32 Linear whose weight lives in oneDNN's layout; inputs and outputs are ordinary tensors."""
 
-    def __init__(self, layer: nn.Linear):
+def mkl_packing() -> bool:
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+class DecodeLinear(nn.Module):
+    """A frozen Linear whose product takes the kernel chosen for one row (`one_row`) or for a few rows
+    (`few_rows`, "linear" or "mkl"); any other number of rows runs `F.linear`."""
+
+    def __init__(self, layer: nn.Linear, one_row: str = "linear", few_rows: str = "linear"):
         super().__init__()
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.register_buffer("weight", layer.weight.detach().contiguous().to_mkldnn(), persistent=False)
-        bias = None if layer.bias is None else layer.bias.detach().contiguous().to_mkldnn()
-        self.register_buffer("bias", bias, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).contiguous().to_mkldnn()
-        y = torch._C._nn.mkldnn_linear(rows, self.weight, self.bias).to_dense()
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-
-class GemvLinear(nn.Module):
-    """A frozen Linear whose one-row product is a matrix-vector product (`torch.mv`, `addmv` with a bias)."""
-
-    def __init__(self, layer: nn.Linear):
-        super().__init__()
+        if one_row not in ONE_ROW_KERNELS or few_rows not in ("linear", "mkl"):
+            raise ValueError(f"unknown kernels {one_row!r} / {few_rows!r}")
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.weight = layer.weight  # shared, not copied: a tied head keeps using the embedding's storage
         self.bias = layer.bias
+        self.one_row, self.few_rows = one_row, few_rows
+        weight = layer.weight.detach().contiguous()
+        onednn = weight.to_mkldnn() if one_row == "onednn" else None
+        self.register_buffer("onednn", onednn, persistent=False)
+        onednn_bias = None if onednn is None or self.bias is None else self.bias.detach().to_mkldnn()
+        self.register_buffer("onednn_bias", onednn_bias, persistent=False)
+        mkl = torch.ops.mkl._mkl_reorder_linear_weight(weight, FEW_ROWS[-1]) if few_rows == "mkl" else None
+        self.register_buffer("mkl", mkl, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] != 1:
-            return F.linear(x, self.weight, self.bias)
-        row = rows[0]
-        y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+        n = rows.shape[0]
+        if n == 1 and self.one_row == "mv":
+            row = rows[0]
+            y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+        elif n == 1 and self.one_row == "onednn":
+            y = torch._C._nn.mkldnn_linear(rows.contiguous().to_mkldnn(), self.onednn, self.onednn_bias).to_dense()
+        elif n in FEW_ROWS and self.mkl is not None:
+            y = torch.ops.mkl._mkl_linear(rows.contiguous(), self.mkl, self.weight, self.bias, n)
+        else:
+            y = F.linear(rows, self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-KERNELS = {"packed": PackedLinear, "mv": GemvLinear}
-_MEASURED: dict[tuple, str] = {}
-
-
 @torch.inference_mode()
-def prepare_linears(model: nn.Module) -> int:
-    """Give every plain frozen CPU Linear of `model` its fastest one-row kernel; returns how many changed.
+def prepare_linears(model: nn.Module, rows: int = 1) -> int:
+    """Give every plain frozen CPU Linear of `model` its fastest kernels for one row and, where decoding will
+    batch at least `FEW_ROWS[0]` rows (`rows`, the engine's batch), for a few; returns how many changed.
 
     Layers are grouped by shape, dtype and bias, and each group's kernels are timed on the group's own
     weights (up to 512 MB of them): the working set a decode step streams, so the measurement sees the
     caches as decoding does."""
     from scratchllm.models.linear import rewrite_linears
 
+    few = rows >= FEW_ROWS[0]
     groups: dict[tuple, list[torch.Tensor]] = {}
     for layer in model.modules():
         if type(layer) is nn.Linear and layer.weight.device.type == "cpu":
             groups.setdefault(_key(layer), []).append(layer.weight)
     for key, weights in groups.items():
-        if key not in _MEASURED:
-            _MEASURED[key] = fastest_kernel(weights, key[3])
+        if key not in _ONE_ROW:
+            _ONE_ROW[key] = fastest_kernel(weights, key[3])
+        if few and key not in _FEW_ROWS:
+            _FEW_ROWS[key] = fastest_few_rows(weights, key[3])
     changed = 0
 
     def rewrite(name: str, layer: nn.Module) -> nn.Module:
         nonlocal changed
-        if type(layer) is not nn.Linear or layer.weight.device.type != "cpu" or _MEASURED[_key(layer)] == "linear":
+        if type(layer) is not nn.Linear or layer.weight.device.type != "cpu":
+            return layer
+        one_row, few_rows = _ONE_ROW[_key(layer)], _FEW_ROWS.get(_key(layer), "linear") if few else "linear"
+        if one_row == few_rows == "linear":
             return layer
         changed += 1
-        return KERNELS[_MEASURED[_key(layer)]](layer)
+        return DecodeLinear(layer, one_row, few_rows)
 
     rewrite_linears(model, rewrite)
     return changed
@@ -97,16 +113,19 @@ def _key(layer: nn.Linear) -> tuple:
     return (*layer.weight.shape, layer.weight.dtype, layer.bias is not None)
 
 
+def _sample(weights: list[torch.Tensor], bias: bool) -> tuple[list[torch.Tensor], torch.Tensor | None, int]:
+    size = weights[0].numel() * weights[0].element_size()
+    b = torch.zeros(weights[0].shape[0], dtype=weights[0].dtype) if bias else None
+    return [w.detach() for w in weights[: max(1, (512 << 20) // size)]], b, size
+
+
 def fastest_kernel(weights: list[torch.Tensor], bias: bool = False) -> str:
-    """"linear", "mv" or "packed": the one-row product that streams these (out, in) weights fastest here
+    """"linear", "mv" or "onednn": the one-row product that streams these (out, in) weights fastest here
     (best of three passes; 5% faster than `F.linear` to be chosen). Under 1 MB a matrix stays "linear"."""
-    out_features, in_features = weights[0].shape
-    dtype, size = weights[0].dtype, weights[0].numel() * weights[0].element_size()
+    weights, b, size = _sample(weights, bias)
     if size < 1 << 20:
         return "linear"
-    weights = [w.detach() for w in weights[: max(1, (512 << 20) // size)]]
-    b = torch.zeros(out_features, dtype=dtype) if bias else None
-    x = torch.ones(1, in_features, dtype=dtype)
+    dtype, x = weights[0].dtype, torch.ones(1, weights[0].shape[1], dtype=weights[0].dtype)
     times = {
         "linear": _best_seconds(lambda: [F.linear(x, w, b) for w in weights]),
         "mv": _best_seconds(lambda: [torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0]) for w in weights]),
@@ -114,11 +133,25 @@ def fastest_kernel(weights: list[torch.Tensor], bias: bool = False) -> str:
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
         packed = [w.to_mkldnn() for w in weights]
         pb = None if b is None else b.to_mkldnn()
-        times["packed"] = _best_seconds(lambda: [torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, pb).to_dense()
+        times["onednn"] = _best_seconds(lambda: [torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, pb).to_dense()
                                                  for w in packed])  # fmt: skip
         del packed
     best = min(times, key=times.get)
     return best if times[best] < 0.95 * times["linear"] else "linear"
+
+
+def fastest_few_rows(weights: list[torch.Tensor], bias: bool = False) -> str:
+    """"linear" or "mkl": the faster product of 8 rows by these weights here (5% faster to be chosen); MKL's
+    packed product is fp32 only, and under 1 MB a matrix stays "linear"."""
+    weights, b, size = _sample(weights, bias)
+    if size < 1 << 20 or weights[0].dtype != torch.float32 or not mkl_packing():
+        return "linear"
+    n = 8
+    x = torch.ones(n, weights[0].shape[1])
+    linear = _best_seconds(lambda: [F.linear(x, w, b) for w in weights])
+    packed = [torch.ops.mkl._mkl_reorder_linear_weight(w.contiguous(), FEW_ROWS[-1]) for w in weights]
+    mkl = _best_seconds(lambda: [torch.ops.mkl._mkl_linear(x, p, w, b, n) for p, w in zip(packed, weights)])
+    return "mkl" if mkl < 0.95 * linear else "linear"
 
 
 def _best_seconds(products) -> float:
