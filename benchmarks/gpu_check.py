@@ -12,6 +12,9 @@ only (no downloads: every model has random weights):
   over fixed shapes), vs transformers' `generate`. Goal: compiled batch 1 >= 2x transformers.
 - serve: aggregate streaming tokens/s at 1/8/32 clients against `scratchllm serve` (needs FastAPI, uvicorn).
 - lora: a LoRA step (rank 16, every Linear) vs a full fine-tuning step on gpt2-medium.
+- families: issue 21's goals where a CPU cannot reach them: fp32 decode at batch 1 (eager and compiled) of
+  Qwen3-0.6B- and Gemma-3-270M-shaped models vs transformers (goal >= 1.5x), and a Qwen3-30B-A3B-shaped
+  expert stack's forward and training step vs transformers' experts on the same weights (goal >= 2x).
 - tests: the test suite's device-parametrised tests on this device (needs pytest).
 
 `--device cpu` is the smoke test: tiny models and sizes, no compilation, under a minute (CI runs it).
@@ -35,15 +38,19 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("pretrain", "decode", "serve", "lora", "tests")
+CHECKS = ("pretrain", "decode", "serve", "lora", "families", "tests")
 # Sizes per device kind: the GPU sizes fill an 80-141 GB card's time budget, the CPU ones only exercise the code.
 SIZES = {
     "cuda": dict(model="gpt2-small", batch=32, seq=1024, steps=20, warmup=5, compile=True, decode_model="gpt2-small",
                  decode_batches=(1, 8, 64), prompt=32, new_tokens=128, clients=(1, 8, 32), client_tokens=64,
-                 lora_model="gpt2-medium", lora_batch=16, lora_seq=512),
+                 lora_model="gpt2-medium", lora_batch=16, lora_seq=512, family_models=("qwen3-0.6b", "gemma-3-270m"),
+                 moe=dict(emb_dim=2048, n_heads=32, n_kv_heads=4, head_dim=128, n_experts=128, n_experts_active=8,
+                          expert_hidden_dim=768, n_layers=4, vocab_size=2048, context_length=1024),
+                 moe_batch=8, moe_seq=1024),
     "cpu": dict(model="gpt-tiny", batch=4, seq=64, steps=3, warmup=1, compile=False, decode_model="gpt-tiny",
                 decode_batches=(1, 4), prompt=8, new_tokens=12, clients=(1, 2), client_tokens=8,
-                lora_model="gpt-tiny", lora_batch=4, lora_seq=64),
+                lora_model="gpt-tiny", lora_batch=4, lora_seq=64, family_models=("qwen3-tiny", "gemma3-tiny"),
+                moe=dict(n_layers=2), moe_batch=2, moe_seq=32),
 }  # fmt: skip
 
 
@@ -258,6 +265,77 @@ def check_lora(device: str, s: dict) -> dict:
         del model, opt
     out["lora_vs_full"] = out["lora_tokens_per_s"] / out["full_tokens_per_s"]
     return out
+
+
+def check_families(device: str, s: dict) -> dict:
+    from scratchllm.generation.engine import Engine, GenerationConfig
+    from scratchllm.generation.generate import generate
+    from scratchllm.models import build_model
+    from scratchllm.training.loss import cross_entropy, lm_loss
+
+    n_new, length = s["new_tokens"], s["prompt"]
+    decode = []
+    for preset in s["family_models"]:  # fp32, batch 1: the issue's setting
+        torch.manual_seed(0)
+        base = build_model(preset).to(device).eval()
+        hf = twin_hf(base).eval()
+        prompt = torch.randint(0, base.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+        row, listed = {"model": preset}, prompt.tolist()
+        for name, compiled in [("eager", False)] + ([("compiled", True)] if s["compile"] else []):
+            model = build_model(preset).to(device).eval()
+            model.load_state_dict(base.state_dict())
+            engine = Engine(model, max_batch=1, max_seq_len=length + n_new, compile=compiled)
+
+            def run(n: int, engine=engine, model=model, ids=listed) -> None:
+                generate(model, ids, GenerationConfig(max_new_tokens=n), engine=engine)
+
+            timed(lambda: run(n_new), device, 1, 1)
+            row[f"{name}_tokens_per_s"] = decode_rate(run, device, 1, n_new)
+            del engine, model
+        ids = prompt.to(device)
+
+        def hf_run(n: int, ids=ids, hf=hf) -> None:
+            with torch.inference_mode():
+                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False, pad_token_id=0)  # fmt: skip
+
+        timed(lambda: hf_run(n_new), device, 1, 1)
+        row["transformers_tokens_per_s"] = peer = decode_rate(hf_run, device, 1, n_new)
+        best = max(v for k, v in row.items() if k.endswith("_tokens_per_s") and k != "transformers_tokens_per_s"
+                   and v)  # fmt: skip
+        row["best_vs_transformers"] = best / peer if peer else None
+        decode.append(row)
+        del base, hf
+    torch.manual_seed(0)
+    moe = build_model("qwen3-moe-tiny", **s["moe"], drop_rate=0.0).to(device)
+    hf = twin_hf(moe)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, moe.config.vocab_size, (s["moe_batch"], s["moe_seq"] + 1), generator=g).to(device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+    experts = {"config": s["moe"], "tokens": s["moe_batch"] * s["moe_seq"]}
+    for name, model, loss_fn, forward in (
+        ("ours", moe, lambda: lm_loss(moe, inputs, targets), lambda: moe(inputs)),
+        ("transformers", hf, lambda: cross_entropy(hf(inputs).logits, targets), lambda: hf(inputs).logits),
+    ):
+        model.eval()
+        with torch.no_grad():
+            experts[f"{name}_forward_ms"] = 1000 * timed(forward, device, s["steps"], s["warmup"])
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device != "cpu")
+
+        def step(loss_fn=loss_fn, opt=opt) -> None:
+            loss_fn().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        experts[f"{name}_train_step_ms"] = 1000 * timed(step, device, s["steps"], s["warmup"])
+        del opt
+    for mode in ("forward", "train_step"):
+        experts[f"{mode}_vs_transformers"] = experts[f"transformers_{mode}_ms"] / experts[f"ours_{mode}_ms"]
+    goals = {f"{r['model']} decode >= 1.5x transformers": (r["best_vs_transformers"] or 0) >= 1.5 for r in decode}
+    goals |= {f"experts {mode} >= 2x transformers": experts[f"{mode}_vs_transformers"] >= 2
+              for mode in ("forward", "train_step")}  # fmt: skip
+    return {"dtype": "float32", "decode": decode, "experts": experts, "goals_met": goals}
 
 
 def check_tests(device: str, s: dict) -> dict:
