@@ -188,6 +188,29 @@ def test_each_decode_kernel_keeps_fp32_greedy_tokens(kernels, monkeypatch):
     assert [r.tokens for r in requests] == [alone(reference, p, cfg) for p in batch]
 
 
+def test_batched_decode_packing_stays_within_the_memory_available(monkeypatch, capsys):
+    """MKL's packed copies (up to 2.7x the weights) are made only while they take under half the memory
+    available: with too little the layers keep F.linear for a few rows and stderr says why."""
+    from scratchllm import hardware
+    from scratchllm.generation import packed
+
+    monkeypatch.setattr(packed, "_ONE_ROW", {})
+    monkeypatch.setattr(packed, "_FEW_ROWS", {})
+    monkeypatch.setattr(packed, "fastest_kernel", lambda weights, bias=False: "linear")
+    monkeypatch.setattr(packed, "fastest_few_rows", lambda weights, bias=False: "mkl")
+    weights = sum(m.weight.numel() * 4 for m in sharp_model(emb_dim=512, n_heads=8, n_layers=2).modules()
+                  if isinstance(m, torch.nn.Linear) and m.weight.numel() * 4 >= 1 << 20)  # fmt: skip
+    monkeypatch.setattr(hardware, "available_memory", lambda: int(2 * 2.7 * weights) + (1 << 20))
+    roomy = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
+    Engine(roomy, max_batch=8)
+    assert roomy.blocks[0].ff.fc1.few_rows == "mkl" and capsys.readouterr().err == ""
+    monkeypatch.setattr(hardware, "available_memory", lambda: int(2 * 2.7 * weights) - (1 << 20))
+    tight = sharp_model(emb_dim=512, n_heads=8, n_layers=2)
+    Engine(tight, max_batch=8)
+    assert type(tight.blocks[0].ff.fc1) is torch.nn.Linear
+    assert "batched decoding keeps F.linear" in capsys.readouterr().err
+
+
 def test_one_prompt_asked_several_times_is_prefilled_once(model):
     """`n > 1` choices (or clients sending one prompt together): the later ones fork the first one's row, and
     every request still gets exactly the tokens (and prompt scores) of a separate cold request, greedy or

@@ -169,6 +169,21 @@ def peak_memory_mib(device: str | torch.device = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give without swapping (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def memory_bandwidth(n_bytes: int = 1 << 28) -> float:
     """Bytes/s of a large tensor copy on the CPU (read + write counted), best of three.
 

@@ -16,12 +16,15 @@ this development machine's VM reports a 300 MB L3), and keeps the fastest; matri
 More rows than `FEW_ROWS` (prefill) always run `F.linear`. docs/benchmarks.md has the measured figures.
 
 Costs: a packed copy is not a Parameter (no gradients, not in `parameters()`) and takes memory of its own
-(MKL's is 1.5-2.6x the weight); the layer keeps its weight, so a tied head still shares the embedding's
-storage. Values are those of `F.linear` up to rounding.
+(MKL's buffer is 1.5-2.6x the weight), so the few-rows copies are made only while they would take under
+half the memory still available (a large fp32 model batches with `F.linear`, and stderr says so); the
+layer keeps its weight, so a tied head still shares the embedding's storage. Values are those of
+`F.linear` up to rounding.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FEW_ROWS = range(4, 17)  # batched-decode row counts given MKL's packed product where it was measured faster
+MKL_PACK_RATIO = 2.7  # the most MKL's packed buffer took per byte of weight (2304 x 768 fp32: 2.64)
 ONE_ROW_KERNELS = ("linear", "mv", "onednn")
 _ONE_ROW: dict[tuple, str] = {}  # (out, in, dtype, bias) -> the one-row kernel measured fastest here
 _FEW_ROWS: dict[tuple, str] = {}  # the same key -> "linear" or "mkl" for FEW_ROWS rows
@@ -81,6 +85,7 @@ def prepare_linears(model: nn.Module, rows: int = 1) -> int:
     Layers are grouped by shape, dtype and bias, and each group's kernels are timed on the group's own
     weights (up to 512 MB of them): the working set a decode step streams, so the measurement sees the
     caches as decoding does."""
+    from scratchllm.hardware import available_memory
     from scratchllm.models.linear import rewrite_linears
 
     few = rows >= FEW_ROWS[0]
@@ -93,6 +98,15 @@ def prepare_linears(model: nn.Module, rows: int = 1) -> int:
             _ONE_ROW[key] = fastest_kernel(weights, key[3])
         if few and key not in _FEW_ROWS:
             _FEW_ROWS[key] = fastest_few_rows(weights, key[3])
+    if few:
+        packing = sum(w.numel() * w.element_size() for key, ws in groups.items() if _FEW_ROWS[key] == "mkl"
+                      for w in {w.data_ptr(): w for w in ws}.values())  # fmt: skip
+        free = available_memory()
+        if packing and free is not None and MKL_PACK_RATIO * packing > free / 2:
+            few = False
+            print(f"note: batched decoding keeps F.linear: packing {packing / 2**30:.1f} GiB of fp32 weights for "
+                  f"it would take up to {MKL_PACK_RATIO * packing / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB "
+                  "is available", file=sys.stderr)  # fmt: skip
     changed = 0
 
     def rewrite(name: str, layer: nn.Module) -> nn.Module:
