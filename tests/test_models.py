@@ -245,6 +245,29 @@ def test_replace_rederives_widths():
     assert explicit.hidden_dim == 688 and explicit.n_kv_heads == 2  # given explicitly by the preset: kept
 
 
+def test_kernel_race_takes_the_median_and_needs_a_clear_win(monkeypatch):
+    """The kernel race on a fake clock: one slowed pass (a burst elsewhere on the machine) does not hand the
+    race to the kernel it slowed or take it from one that wins every other round, and a kernel must beat
+    F.linear by 5% to replace it."""
+    from scratchllm.generation import packed
+
+    now = [0.0]
+    monkeypatch.setattr(packed.time, "perf_counter", lambda: now[0])
+
+    def kernel(*seconds):
+        calls = iter([0.0, *seconds])  # the warm-up call first
+
+        def products():
+            now[0] += next(calls)
+
+        return products
+
+    # "mv" is fastest in 4 rounds of 5; "onednn" once looked best (one fast pass) but is slow otherwise
+    race = {"linear": kernel(10, 10, 10, 10, 10), "mv": kernel(8, 8, 30, 8, 8), "onednn": kernel(12, 1, 12, 12, 12)}
+    assert packed._fastest(race) == "mv"
+    assert packed._fastest({"linear": kernel(10, 10, 10, 10, 10), "mv": kernel(9.7, 9.7, 9.7, 9.7, 9.7)}) == "linear"
+
+
 @pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
 def test_decode_kernels_keep_values(preset):
     """Each decode kernel (matrix-vector or oneDNN-packed for one row, MKL-packed for a few rows), put in

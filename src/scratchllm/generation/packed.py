@@ -10,7 +10,7 @@ the dtype, the shape and the number of rows, not of the code. Candidates for one
 For a few rows (batched decode, `FEW_ROWS`), fp32 only: MKL's product on a weight packed once for it ("mkl").
 `F.linear`'s fp32 product re-packs the weight on every call for 4 to 16 rows, which streams it at half the
 speed or less (a batch of 8 cost 2.3x one row for gpt2-small); a weight packed once does not.
-`prepare_linears` times the candidates once per process, shape and dtype, on the model's own weights of
+`prepare_linears` races the candidates once per process, shape and dtype, on the model's own weights of
 that shape (the working set decoding streams, so caches help the measurement as much as they help decoding:
 this development machine's VM reports a 300 MB L3), and keeps the fastest; matrices under 1 MB stay plain.
 More rows than `FEW_ROWS` (prefill) always run `F.linear`. docs/benchmarks.md has the measured figures.
@@ -24,8 +24,10 @@ layer keeps its weight, so a tied head still shares the embedding's storage. Val
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,44 +137,51 @@ def _sample(weights: list[torch.Tensor], bias: bool) -> tuple[list[torch.Tensor]
 
 def fastest_kernel(weights: list[torch.Tensor], bias: bool = False) -> str:
     """"linear", "mv" or "onednn": the one-row product that streams these (out, in) weights fastest here
-    (best of three passes; 5% faster than `F.linear` to be chosen). Under 1 MB a matrix stays "linear"."""
+    (`_fastest`). Under 1 MB a matrix stays "linear"."""
     weights, b, size = _sample(weights, bias)
     if size < 1 << 20:
         return "linear"
     dtype, x = weights[0].dtype, torch.ones(1, weights[0].shape[1], dtype=weights[0].dtype)
-    times = {
-        "linear": _best_seconds(lambda: [F.linear(x, w, b) for w in weights]),
-        "mv": _best_seconds(lambda: [torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0]) for w in weights]),
+    candidates = {
+        "linear": lambda: [F.linear(x, w, b) for w in weights],
+        "mv": lambda: [torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0]) for w in weights],
     }
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
         packed = [w.to_mkldnn() for w in weights]
         pb = None if b is None else b.to_mkldnn()
-        times["onednn"] = _best_seconds(lambda: [torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, pb).to_dense()
-                                                 for w in packed])  # fmt: skip
-        del packed
-    best = min(times, key=times.get)
-    return best if times[best] < 0.95 * times["linear"] else "linear"
+        candidates["onednn"] = lambda: [torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, pb).to_dense() for w in packed]
+    return _fastest(candidates)
 
 
 def fastest_few_rows(weights: list[torch.Tensor], bias: bool = False) -> str:
-    """"linear" or "mkl": the faster product of 8 rows by these weights here (5% faster to be chosen); MKL's
-    packed product is fp32 only, and under 1 MB a matrix stays "linear"."""
+    """"linear" or "mkl": the faster product of 8 rows by these weights here (`_fastest`); MKL's packed
+    product is fp32 only, and under 1 MB a matrix stays "linear"."""
     weights, b, size = _sample(weights, bias)
     if size < 1 << 20 or weights[0].dtype != torch.float32 or not mkl_packing():
         return "linear"
     n = 8
     x = torch.ones(n, weights[0].shape[1])
-    linear = _best_seconds(lambda: [F.linear(x, w, b) for w in weights])
     packed = [torch.ops.mkl._mkl_reorder_linear_weight(w.contiguous(), FEW_ROWS[-1]) for w in weights]
-    mkl = _best_seconds(lambda: [torch.ops.mkl._mkl_linear(x, p, w, b, n) for p, w in zip(packed, weights)])
-    return "mkl" if mkl < 0.95 * linear else "linear"
+    return _fastest({
+        "linear": lambda: [F.linear(x, w, b) for w in weights],
+        "mkl": lambda: [torch.ops.mkl._mkl_linear(x, p, w, b, n) for p, w in zip(packed, weights)],
+    })  # fmt: skip
 
 
-def _best_seconds(products) -> float:
-    products()  # first touch and warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        products()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _fastest(candidates: dict[str, Callable[[], object]], rounds: int = 5) -> str:
+    """The candidate with the lowest median time over `rounds` rounds, if that median is 5% under "linear"'s
+    (else "linear"). Each round runs every candidate, starting with a different one, so a drift in this
+    machine's speed falls on all of them; the median ignores a pass that a burst elsewhere slowed (a
+    best-of-three once took oneDNN's 671 MB product at 28.8 ms and, next time, 89.6)."""
+    for products in candidates.values():
+        products()  # first touch and warm-up
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    best = min(median, key=median.get)
+    return best if median[best] < 0.95 * median["linear"] else "linear"
