@@ -97,6 +97,42 @@ def twin_hf(ours):
     return hf.to(ours.device)
 
 
+def decode_row(preset: str, base, hf, prompts: list[list[int]], device: str, s: dict) -> dict:
+    """Greedy decode tokens/s of `prompts` (one batch) on the engine, eager and (where `s` says) compiled,
+    each on a fresh copy of `base`, and of transformers' `generate` on its twin `hf`, with the ratios."""
+    from scratchllm.generation.engine import Engine, GenerationConfig
+    from scratchllm.generation.generate import generate
+    from scratchllm.models import build_model
+
+    batch, n_new = len(prompts), s["new_tokens"]
+    row = {}
+    variants = [("eager", False)] + ([("compiled", True)] if s["compile"] else [])
+    for name, compiled in variants:
+        model = build_model(preset).to(device=device, dtype=base.dtype).eval()
+        model.load_state_dict(base.state_dict())
+        engine = Engine(model, max_batch=batch, max_seq_len=len(prompts[0]) + n_new, compile=compiled)
+
+        def run(n: int, engine=engine, model=model) -> None:
+            generate(model, prompts, GenerationConfig(max_new_tokens=n), engine=engine)
+
+        timed(lambda: run(n_new), device, 1, 1)  # warm-up (and, compiled, the compilation and graph capture)
+        row[f"{name}_tokens_per_s"] = decode_rate(run, device, batch, n_new)
+        del engine, model
+    ids = torch.tensor(prompts, device=device)
+
+    def hf_run(n: int) -> None:
+        with torch.inference_mode():
+            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                        do_sample=False, pad_token_id=0)  # fmt: skip
+
+    timed(lambda: hf_run(n_new), device, 1, 1)
+    row["transformers_tokens_per_s"] = peer = decode_rate(hf_run, device, batch, n_new)
+    for name, _ in variants:
+        ours = row[f"{name}_tokens_per_s"]
+        row[f"{name}_vs_transformers"] = ours / peer if ours and peer else None
+    return row
+
+
 # -- checks: each returns the figures of its JSON line -------------------------------------------------------
 def check_pretrain(device: str, s: dict) -> dict:
     from scratchllm.hardware import matmul_peak, peak_memory_mib, resolve_dtype
@@ -143,8 +179,6 @@ def check_pretrain(device: str, s: dict) -> dict:
 
 
 def check_decode(device: str, s: dict) -> dict:
-    from scratchllm.generation.engine import Engine, GenerationConfig
-    from scratchllm.generation.generate import generate
     from scratchllm.hardware import resolve_dtype
     from scratchllm.models import build_model
 
@@ -152,39 +186,13 @@ def check_decode(device: str, s: dict) -> dict:
     torch.manual_seed(0)
     base = build_model(s["decode_model"]).to(device=device, dtype=dtype).eval()
     hf = twin_hf(base).to(dtype).eval()
-    vocab, n_new, length = base.config.vocab_size, s["new_tokens"], s["prompt"]
+    vocab, length = base.config.vocab_size, s["prompt"]
     rows = []
-    variants = [("eager", False)] + ([("compiled", True)] if s["compile"] else [])
     for batch in s["decode_batches"]:
         prompts = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(batch)).tolist()
-        row = {"batch": batch}
-        for name, compiled in variants:
-            model = build_model(s["decode_model"]).to(device=device, dtype=dtype).eval()
-            model.load_state_dict(base.state_dict())
-            engine = Engine(model, max_batch=batch, max_seq_len=length + n_new, compile=compiled)
-
-            def run(n: int, engine=engine, model=model, prompts=prompts) -> None:
-                generate(model, prompts, GenerationConfig(max_new_tokens=n), engine=engine)
-
-            timed(lambda: run(n_new), device, 1, 1)  # warm-up (and, compiled, the compilation and graph capture)
-            row[f"{name}_tokens_per_s"] = decode_rate(run, device, batch, n_new)
-            del engine, model
-        ids = torch.tensor(prompts, device=device)
-        mask = torch.ones_like(ids)
-
-        def hf_run(n: int, ids=ids, mask=mask) -> None:
-            with torch.inference_mode():
-                hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                            pad_token_id=0)  # fmt: skip
-
-        timed(lambda: hf_run(n_new), device, 1, 1)
-        row["transformers_tokens_per_s"] = peer = decode_rate(hf_run, device, batch, n_new)
-        for name, _ in variants:
-            ours = row[f"{name}_tokens_per_s"]
-            row[f"{name}_vs_transformers"] = ours / peer if ours and peer else None
-        rows.append(row)
+        rows.append({"batch": batch, **decode_row(s["decode_model"], base, hf, prompts, device, s)})
     out = {"model": s["decode_model"], "dtype": str(dtype).replace("torch.", ""), "prompt": length,
-           "new_tokens": n_new, "rows": rows}  # fmt: skip
+           "new_tokens": s["new_tokens"], "rows": rows}  # fmt: skip
     if s["compile"]:
         out["goals_met"] = {"compiled batch 1 >= 2x transformers": (rows[0]["compiled_vs_transformers"] or 0) >= 2}
     return out
@@ -268,42 +276,19 @@ def check_lora(device: str, s: dict) -> dict:
 
 
 def check_families(device: str, s: dict) -> dict:
-    from scratchllm.generation.engine import Engine, GenerationConfig
-    from scratchllm.generation.generate import generate
     from scratchllm.models import build_model
     from scratchllm.training.loss import cross_entropy, lm_loss
 
-    n_new, length = s["new_tokens"], s["prompt"]
     decode = []
     for preset in s["family_models"]:  # fp32, batch 1: the issue's setting
         torch.manual_seed(0)
         base = build_model(preset).to(device).eval()
         hf = twin_hf(base).eval()
-        prompt = torch.randint(0, base.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
-        row, listed = {"model": preset}, prompt.tolist()
-        for name, compiled in [("eager", False)] + ([("compiled", True)] if s["compile"] else []):
-            model = build_model(preset).to(device).eval()
-            model.load_state_dict(base.state_dict())
-            engine = Engine(model, max_batch=1, max_seq_len=length + n_new, compile=compiled)
-
-            def run(n: int, engine=engine, model=model, ids=listed) -> None:
-                generate(model, ids, GenerationConfig(max_new_tokens=n), engine=engine)
-
-            timed(lambda: run(n_new), device, 1, 1)
-            row[f"{name}_tokens_per_s"] = decode_rate(run, device, 1, n_new)
-            del engine, model
-        ids = prompt.to(device)
-
-        def hf_run(n: int, ids=ids, hf=hf) -> None:
-            with torch.inference_mode():
-                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, pad_token_id=0)  # fmt: skip
-
-        timed(lambda: hf_run(n_new), device, 1, 1)
-        row["transformers_tokens_per_s"] = peer = decode_rate(hf_run, device, 1, n_new)
-        best = max(v for k, v in row.items() if k.endswith("_tokens_per_s") and k != "transformers_tokens_per_s"
-                   and v)  # fmt: skip
-        row["best_vs_transformers"] = best / peer if peer else None
+        g = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, base.config.vocab_size, (1, s["prompt"]), generator=g).tolist()
+        row = {"model": preset, **decode_row(preset, base, hf, prompt, device, s)}
+        best = max((v for k, v in row.items() if k.endswith("_vs_transformers") and v), default=None)
+        row["best_vs_transformers"] = best
         decode.append(row)
         del base, hf
     torch.manual_seed(0)

@@ -115,7 +115,7 @@ def prepare_linears(model: nn.Module, rows: int = 1) -> int:
         nonlocal changed
         if type(layer) is not nn.Linear or layer.weight.device.type != "cpu":
             return layer
-        one_row, few_rows = _ONE_ROW[_key(layer)], _FEW_ROWS.get(_key(layer), "linear") if few else "linear"
+        one_row, few_rows = _ONE_ROW[_key(layer)], _FEW_ROWS[_key(layer)] if few else "linear"
         if one_row == few_rows == "linear":
             return layer
         changed += 1
