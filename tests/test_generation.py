@@ -261,22 +261,35 @@ def test_int4_weight_only_quantisation():
     assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-moe-tiny", "gemma3-tiny"])
-def test_compiled_decode_equals_eager(name):
+@pytest.mark.parametrize(
+    "name, one_row, few_rows",
+    [("gpt-tiny", "onednn", "mkl"), ("llama-tiny", "mv", "mkl"), ("qwen3-moe-tiny", "mv", "linear"),
+     ("gemma3-tiny", "onednn", "mkl")],
+)  # fmt: skip
+def test_compiled_decode_equals_eager(name, one_row, few_rows, monkeypatch):
+    """The compiled step gives the eager model's greedy tokens for one row and batches of 3 and 4 (MKL's
+    few-rows product), with each product on the kernel the engine chose, called as an opaque op; batch
+    sizes, prompt lengths and slots after the first compiles compile nothing new."""
     from torch._dynamo.utils import counters
 
-    from scratchllm.generation.compiled import GemvLinear
+    from scratchllm.generation import packed
     from scratchllm.generation.engine import Engine
 
+    # the race would keep these tiny matrices on F.linear: impose the kernels under test
+    monkeypatch.setattr(packed, "_ONE_ROW", {})
+    monkeypatch.setattr(packed, "_FEW_ROWS", {})
+    monkeypatch.setattr(packed, "fastest_kernel", lambda weights, bias=False: one_row)
+    monkeypatch.setattr(packed, "fastest_few_rows", lambda weights, bias=False: few_rows)
     torch.manual_seed(0)
     eager = build_model(name, tie_embeddings=True).eval()  # experts gathered, windows masked in the compiled step
     model = build_model(name, tie_embeddings=True).eval()
     model.load_state_dict(eager.state_dict())
-    engine = Engine(model, max_batch=3, max_seq_len=64, compile=True)
-    assert isinstance(model.blocks[0].attn.qkv, GemvLinear) and isinstance(model.out_head, GemvLinear)
+    engine = Engine(model, max_batch=4, max_seq_len=64, compile=True)
+    assert isinstance(model.blocks[0].attn.qkv, packed.DecodeLinear)
+    assert (model.out_head.one_row, model.out_head.few_rows) == (one_row, few_rows)
     assert model.out_head.weight is model.tok_emb.weight
     g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (3, 11, 6)]
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (3, 11, 6, 8)]
 
     def both(prompts, n):
         cfg = GenerationConfig(max_new_tokens=n)

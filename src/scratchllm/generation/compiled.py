@@ -1,29 +1,21 @@
-"""A compiled one-token decode step (`--compile`), after gpt-fast, with CPU matrix-vector products as reductions.
+"""A compiled one-token decode step (`--compile`), after gpt-fast: the products stay, everything between fuses.
 
-Why: decoding one token reads every weight once, so its speed is the speed of matrix-vector products.
-torch's eager CPU kernels for them (MKL for fp32, oneDNN for bf16) stream weights at 9-19 GB/s on our
-2-core development machine, which reads memory at ~34 GB/s. Written as "multiply and sum over the input
-axis", inductor turns each product into one vectorised, multi-threaded C++ reduction over the weight rows
-that streams at 20-26 GB/s, and fuses the norms, GELU/SwiGLU, RoPE and residual adds around it. Measured
-with gpt2-small at batch 1 (`benchmarks/bench_generate.py`, two runs): 33 -> 47-65 tokens/s in fp32 and
-40-42 -> 52-61 in bf16 (see docs/benchmarks.md).
+Why: decoding one token reads every weight once, and that is all the products do; what a step spends beyond
+them is the dozens of small operations between (norms, RoPE, the cache writes, the ring-buffer masks of
+sliding windows, activations, residual adds), each a few microseconds of dispatch on a CPU for a vector's
+worth of work. inductor fuses those into a handful of C++ loops. The products keep the kernel the eager
+engine measured fastest for their shape (`generation.packed`), called as an opaque op so inductor cannot
+replace it with a slower one of its own. Measured on a 2-core Xeon (docs/benchmarks.md): the step comes down
+to the time the products alone take (Qwen3 0.6B fp32 106 ms a token, eager 130, transformers 134).
 
 Decisions:
 - Only the decode step is compiled. Prefill is a compute-bound matrix product, which BLAS already runs near
   peak, and its length varies from call to call.
-- The reduction form is used only for a single row (batch 1, one token) inside the compiled graph
-  (`GemvLinear`): with several rows the generated loop would read the weights once per row, where BLAS
-  reads them once. Eager calls, prefill and batched decoding keep `F.linear`, so a model prepared for
-  compiled decoding works everywhere. It accumulates in fp32, also for bf16 weights. On GPUs the plain
-  forward is compiled (cuBLAS is fast there) and replayed as a CUDA graph over fixed shapes. On CPUs batched
-  decoding gains less or nothing (docs/benchmarks.md): inside the compiled graph several rows go through
-  MKL's (out, in) products, which the eager engine's oneDNN-packed weights (`generation.packed`) beat.
-- Weights must be stored (out, in) row-major for the reduction to read them contiguously; the engine
-  therefore compiles instead of packing, never both.
-- The cache slot changes every step, so it is compiled as a symbolic integer, and the engine's KV cache has
-  one size for its lifetime. A few compiles (one token alone; several rows with per-row slots) then serve
-  every step and prompt length. inductor keeps compiled kernels in its on-disk cache: later processes start
-  faster.
+- The cache slot changes every step and the batch changes as requests come and go, so both are compiled as
+  symbolic integers, and the engine's KV cache has one size for its lifetime. A few compiles (one token
+  alone; several rows with per-row slots) then serve every step and prompt length. inductor keeps compiled
+  kernels in its on-disk cache: later processes start faster.
+- On GPUs the plain forward is compiled (cuBLAS is fast there) and replayed as a CUDA graph over fixed shapes.
 """
 
 from __future__ import annotations
@@ -31,43 +23,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+import torch.fx.experimental._config as fx_config
 from torch import nn
-
-from scratchllm.models.linear import rewrite_linears
-
-
-class GemvLinear(nn.Linear):
-    """nn.Linear whose one-token product, when compiled, is an explicit multiply-and-sum (see module docstring)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() != 1 or not torch.compiler.is_compiling():
-            return F.linear(x, self.weight, self.bias)  # several rows: a BLAS matrix product reads W once
-        y = (x.unsqueeze(-2).float() * self.weight.float()).sum(-1)
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype)
-
-
-def to_gemv(name: str, layer: nn.Linear) -> nn.Linear:
-    """A plain Linear as a `GemvLinear` sharing its Parameters (ties survive); other kinds stay as they are."""
-    if type(layer) is not nn.Linear:
-        return layer  # int8 layers keep torch._weight_int8pack_mm
-    layer.weight.data = layer.weight.data.contiguous()
-    gemv = GemvLinear(layer.in_features, layer.out_features, bias=False, device="meta")
-    gemv.weight, gemv.bias = layer.weight, layer.bias
-    return gemv
 
 
 @torch.no_grad()
-def compile_decode(model: nn.Module) -> Callable:
-    """The compiled one-token forward of `model` (its Linear layers become `GemvLinear` on CPU).
+def compile_decode(model: nn.Module, rows: int = 1) -> Callable:
+    """The compiled one-token forward of `model`, for batches of up to `rows` rows.
 
     The generation engine calls this once and keeps the result; the model itself holds no compiled state.
     """
     if model.device.type == "cpu":
-        rewrite_linears(model, to_gemv)
-        return torch.compile(model.forward, dynamic=True)
+        from scratchllm.generation.packed import prepare_linears
+
+        prepare_linears(model, rows)  # each product's fastest kernels, which the compiled step calls as they are
+        compiled = torch.compile(model.forward, dynamic=True)
+
+        def step(*args, **kwargs):
+            # Without "duck shapes", a batch that happens to equal another size of the inputs (4 rows and
+            # a cache of 4 key/value heads) is not compiled as that size, to be compiled again at 3 rows.
+            duck, fx_config.use_duck_shape = fx_config.use_duck_shape, False
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                fx_config.use_duck_shape = duck
+
+        return step
     # On a GPU the engine calls the step with fixed shapes (`Engine.fixed_shapes`), so inductor's
     # "reduce-overhead" mode records it once as a CUDA graph and replays it: one launch per token instead of
     # one per kernel, which is what bounds small-batch decoding on a GPU.

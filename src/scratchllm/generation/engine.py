@@ -3,8 +3,9 @@
 Every inference path goes through `Engine`: `generate()`/`stream_text()` in this package, the `generate`,
 `chat` and `bench` commands, and the OpenAI-compatible server. Design decisions:
 
-- The engine owns the model for inference and prepares it once: eval mode, then int8/int4 weights, the compiled
-  one-token step, or (on CPU) each Linear's fastest one-row kernel (`_prepare`, through `models.linear`).
+- The engine owns the model for inference and prepares it once: eval mode, then int8/int4 weights, or (on CPU)
+  each Linear's fastest kernels for one row and a few (`generation.packed`, through `models.linear`), and the
+  compiled one-token step around them if asked (`_prepare`).
 - State per request lives in a `Request` and one row of a `KVCache` pool of `max_batch` rows x
   `max_seq_len` slots, allocated once. Modules hold nothing, so requests never corrupt each other.
 - Continuous batching (as in Orca / vLLM, without paging): each `step()` admits waiting requests into free
@@ -126,7 +127,7 @@ class Engine:
         if compile:
             from scratchllm.generation.compiled import compile_decode
 
-            return compile_decode(self.model)
+            return compile_decode(self.model, self.max_batch)
         if quantize is None:
             from scratchllm.generation.packed import prepare_linears
 

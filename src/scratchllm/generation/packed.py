@@ -24,9 +24,11 @@ layer keeps its weight, so a tied head still shares the embedding's storage. Val
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -38,6 +40,10 @@ MKL_PACK_RATIO = 2.7  # the most MKL's packed buffer took per byte of weight (23
 ONE_ROW_KERNELS = ("linear", "mv", "onednn")
 _ONE_ROW: dict[tuple, str] = {}  # (out, in, dtype, bias) -> the one-row kernel measured fastest here
 _FEW_ROWS: dict[tuple, str] = {}  # the same key -> "linear" or "mkl" for FEW_ROWS rows
+
+
+_LIVE: weakref.WeakValueDictionary[int, DecodeLinear] = weakref.WeakValueDictionary()  # for `decode_product`
+_IDS = itertools.count()
 
 
 def mkl_packing() -> bool:
@@ -63,8 +69,15 @@ class DecodeLinear(nn.Module):
         self.register_buffer("onednn_bias", onednn_bias, persistent=False)
         mkl = torch.ops.mkl._mkl_reorder_linear_weight(weight, FEW_ROWS[-1]) if few_rows == "mkl" else None
         self.register_buffer("mkl", mkl, persistent=False)
+        self.ident = next(_IDS)
+        _LIVE[self.ident] = self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # an opaque call: inductor must not swap the kernel for its own
+            return torch.ops.scratchllm.decode_product(x, self.ident)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         n = rows.shape[0]
         if n == 1 and self.one_row == "mv":
@@ -77,6 +90,21 @@ class DecodeLinear(nn.Module):
         else:
             y = F.linear(rows, self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+# A compiled decode step (generation/compiled.py) calls each DecodeLinear through this op, which inductor
+# treats as a black box: traced, the products would become inductor's own (a bf16 mv lowered to the blocked
+# matrix product that one row cannot feed: gpt2-small bf16 decode 15 -> 24 ms a token), oneDNN's blocked
+# weight cannot enter a graph at all, and MKL's packed product wants the row count as a constant. The layer
+# is named by a number because an op's arguments are tensors and scalars; the weights are its constants.
+@torch.library.custom_op("scratchllm::decode_product", mutates_args=())
+def decode_product(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return _LIVE[layer].product(x)
+
+
+@decode_product.register_fake
+def _(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _LIVE[layer].out_features)
 
 
 @torch.inference_mode()
