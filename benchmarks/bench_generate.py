@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--dtypes", default=None, help="comma-separated (default: fp32, plus bf16 where it is native)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile decode measurement")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
-    p.add_argument("--rounds", type=int, default=3, help="alternating ours / llama.cpp rounds per precision")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds (medians) of ours / transformers and of ours / llama.cpp")
     args = p.parse_args()
     args.uncached_tokens = args.uncached_tokens or args.new_tokens
     torch.set_num_threads(2)
@@ -141,11 +142,11 @@ def kv_cache_report(config) -> None:
 
 
 def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -> None:
-    """Our decode (eager, compiled, int8, int4) against transformers and the book's loop."""
+    """Our decode (eager and compiled) against transformers and the products alone (`decode_rounds`), then
+    int8/int4 and the book's uncached loop."""
     import transformers
 
-    from scratchllm.checkpoints.hf import config_to_hf, state_dict_to_hf
-    from scratchllm.generation.engine import Engine
+    from scratchllm.checkpoints.hf import config_to_hf
     from scratchllm.generation.generate import GenerationConfig, generate, generate_text_simple
     from scratchllm.models import build_model
 
@@ -157,88 +158,126 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
         kv_cache_report(base.config)
     for dtype_name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-        ours = build_model(args.model).eval()
-        ours.load_state_dict(base.state_dict())
-        slots = args.prompt_len + args.new_tokens
-        ours.to(dtype)  # weights read per token, counted before the engine packs them out of state_dict()
-        weight_bytes = sum(t.numel() * t.element_size() for t in ours.state_dict().values() if t is not None)
-        weight_bytes -= ours.out_head.weight.numel() * ours.out_head.weight.element_size() * ours.config.tie_embeddings
-        engine = Engine(ours.to(dtype), max_batch=1, max_seq_len=slots)  # fp32 on CPU: oneDNN-packed weights
-        hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
-        hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
-        hf.to(dtype)
-        cfg = GenerationConfig(max_new_tokens=args.new_tokens)
+        numel = sum(t.numel() for t in base.state_dict().values())
+        numel -= base.out_head.weight.numel() * base.config.tie_embeddings  # a tied head is read once
+        weight_bytes = numel * torch.empty(0, dtype=dtype).element_size()
+        ms, results, compile_seconds = decode_rounds(args, base, dtype, prompt, hf_config)
+        ours = _engine(args, base, dtype)[0]
         with torch.inference_mode():
-            generate(ours, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=engine)  # warm-up
-            result = generate(ours, [prompt[0].tolist()], cfg, engine=engine)
-            ours_tps = result.decode_tokens_per_s
-            hf.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
-            start = time.perf_counter()
-            out = hf.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            hf_seconds = time.perf_counter() - start
-            hf_tps = (out.shape[1] - prompt.shape[1]) / hf_seconds
             start = time.perf_counter()
             generate_text_simple(ours, prompt, args.uncached_tokens, ours.config.context_length)
             book_tps = args.uncached_tokens / (time.perf_counter() - start)
-        same = result.tokens[0][:32] == out[0, args.prompt_len : args.prompt_len + 32].tolist()
-        achieved = ours_tps * weight_bytes
+        eager, hf_tokens = results["eager"], results["hf"][0, args.prompt_len :].tolist()
         print(
             f"\n[{dtype_name}] weights {weight_bytes / 1e6:.0f} MB read per token; ceiling "
-            f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth"
+            f"{bandwidth / weight_bytes:.0f} tokens/s at the measured bandwidth; medians of {args.rounds} "
+            "alternating rounds, decode alone (prefill excluded on every side)"
         )
+        for name, label in (("eager", "scratchllm generate (KV cache)"), ("compiled", "scratchllm generate --compile")):
+            if name in ms:
+                gbs = weight_bytes / ms[name] / 1e6
+                extra = f"; compiled in {compile_seconds:.0f} s" if name == "compiled" else ""
+                print(
+                    f"  {label:32s} {1e3 / ms[name]:7.1f} tokens/s {ms[name]:6.1f} ms  ratio ours/HF "
+                    f"{ms['transformers'] / ms[name]:.2f}x (target >= 1.5x)  bandwidth {gbs:5.1f} GB/s "
+                    f"({gbs * 1e9 / bandwidth:.0%}){extra}"
+                )
+        hf_ms = ms["transformers"]
+        print(f"  transformers generate (cache)    {1e3 / hf_ms:7.1f} tokens/s {hf_ms:6.1f} ms")
         print(
-            f"  scratchllm generate (KV cache)   {ours_tps:7.1f} tokens/s  "
-            f"prefill {result.prefill_tokens_per_s:7.0f} tok/s"
-            f"  bandwidth {achieved / 1e9:5.1f} GB/s ({achieved / bandwidth:.0%})"
-        )
-        print(
-            f"  transformers generate (cache)    {hf_tps:7.1f} tokens/s (whole call, prefill included)"
-            f"   ratio ours/HF {ours_tps / hf_tps:.2f}x (target >= 1.5x)"
+            f"  products alone (torch.mv, each weight once)     {ms['products']:6.1f} ms: the floor of a step on "
+            f"torch's kernels; transformers / floor {hf_ms / ms['products']:.2f}x is the most any step on them gains"
         )
         print(
             f"  book loop, no cache ({args.uncached_tokens} tokens)   {book_tps:7.1f} tokens/s"
-            f"   ratio ours/uncached {ours_tps / book_tps:.1f}x (target >= 5x)"
+            f"   ratio ours/uncached {1e3 / ms['eager'] / book_tps:.1f}x (target >= 5x)"
         )
-        print(f"  first 32 greedy tokens identical to transformers: {same}")
-        if not args.no_compile:
-            c = build_model(args.model).eval()
-            c.load_state_dict(base.state_dict())
-            c_engine = Engine(c.to(dtype), max_batch=1, max_seq_len=slots, compile=True)
-            with torch.inference_mode():
-                start = time.perf_counter()
-                generate(c, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=c_engine)  # compiles
-                compile_seconds = time.perf_counter() - start
-                c_result = generate(c, [prompt[0].tolist()], cfg, engine=c_engine)
-            c_tps = c_result.decode_tokens_per_s
-            c_same = sum(a == b for a, b in zip(c_result.tokens[0], result.tokens[0]))
-            print(
-                f"  scratchllm generate --compile    {c_tps:7.1f} tokens/s   ratio ours/HF {c_tps / hf_tps:.2f}x, "
-                f"vs eager {c_tps / ours_tps:.2f}x; bandwidth {c_tps * weight_bytes / 1e9:5.1f} GB/s "
-                f"({c_tps * weight_bytes / bandwidth:.0%}); compiled in {compile_seconds:.0f} s; "
-                f"{c_same}/{len(result.tokens[0])} greedy tokens as eager"
-            )
+        print(f"  first 32 greedy tokens identical to transformers: {eager.tokens[0][:32] == hf_tokens[:32]}")
+        if "compiled" in results:
+            same = sum(a == b for a, b in zip(results["compiled"].tokens[0], eager.tokens[0]))
+            print(f"  compiled: {same}/{len(eager.tokens[0])} greedy tokens as eager")
         if dtype == torch.bfloat16:
+            cfg = GenerationConfig(max_new_tokens=args.new_tokens)
             for bits in ("int8", "int4"):
-                q = build_model(args.model).eval()
-                q.load_state_dict(base.state_dict())
-                q_engine = Engine(q.to(dtype), max_batch=1, max_seq_len=slots, quantize=bits)
+                q, q_engine = _engine(args, base, dtype, quantize=bits)
                 with torch.inference_mode():
                     generate(q, [prompt[0].tolist()], GenerationConfig(max_new_tokens=4), engine=q_engine)
-                    q_result = generate(q, [prompt[0].tolist()], cfg, engine=q_engine)
-                q_same = sum(a == b for a, b in zip(q_result.tokens[0], result.tokens[0]))
+                    tps = generate(q, [prompt[0].tolist()], cfg, engine=q_engine).decode_tokens_per_s
                 print(
-                    f"  scratchllm {bits} weights (bf16 activations) {q_result.decode_tokens_per_s:7.1f} tokens/s"
-                    f"   ratio vs transformers bf16 {q_result.decode_tokens_per_s / hf_tps:.2f}x, vs our bf16 "
-                    f"{q_result.decode_tokens_per_s / ours_tps:.2f}x; "
-                    f"{q_same}/{len(result.tokens[0])} greedy tokens as bf16"
+                    f"  scratchllm {bits} weights (bf16 activations) {tps:7.1f} tokens/s   ratio vs transformers "
+                    f"bf16 {tps * hf_ms / 1e3:.2f}x, vs our bf16 {tps * ms['eager'] / 1e3:.2f}x"
                 )
+
+
+def _engine(args: argparse.Namespace, base, dtype, **kw):
+    """A copy of `base` in `dtype` and an engine for it (batch 1, the prompt and its new tokens)."""
+    from scratchllm.generation.engine import Engine
+    from scratchllm.models import build_model
+
+    model = build_model(args.model).eval()
+    model.load_state_dict(base.state_dict())
+    return model, Engine(model.to(dtype), max_batch=1, max_seq_len=args.prompt_len + args.new_tokens, **kw)
+
+
+def decode_rounds(args: argparse.Namespace, base, dtype, prompt: torch.Tensor, hf_config):
+    """Milliseconds per decoded token of our eager and compiled engines, of transformers' `generate` (a 2-token
+    call's time taken off, so decode alone as ours) and of the products alone (every weight matrix once
+    through torch.mv, no model around them), measured in turn `--rounds` times: medians, as this machine's
+    speed drifts. Returns (medians, each run's last result, the compile's seconds)."""
+    import statistics
+
+    import transformers
+
+    from scratchllm.checkpoints.hf import state_dict_to_hf
+    from scratchllm.generation.generate import GenerationConfig, generate
+
+    ids, cfg = prompt[0].tolist(), GenerationConfig(max_new_tokens=args.new_tokens)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+    hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
+    hf.to(dtype)
+    # the products a step of ours runs (HF's GPT-2 keeps its matrices in Conv1D modules, transposed)
+    matrices = [m.weight.detach().to(dtype) for m in base.modules() if isinstance(m, torch.nn.Linear)]
+    vectors = {w.shape[1]: torch.ones(w.shape[1], dtype=dtype) for w in matrices}
+    mask = torch.ones_like(prompt)
+    results: dict[str, object] = {}
+
+    def ours(name: str, model, engine) -> float:
+        results[name] = generate(model, [ids], cfg, engine=engine)
+        return 1e3 / results[name].decode_tokens_per_s
+
+    def theirs() -> float:
+        kw = dict(attention_mask=mask, do_sample=False, pad_token_id=0)
+        start = time.perf_counter()
+        hf.generate(prompt, max_new_tokens=2, min_new_tokens=2, **kw)
+        middle = time.perf_counter()
+        results["hf"] = hf.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kw)
+        return 1e3 * ((time.perf_counter() - middle) - (middle - start)) / (args.new_tokens - 2)
+
+    def products() -> float:
+        start = time.perf_counter()
+        for _ in range(16):
+            for w in matrices:
+                torch.mv(w, vectors[w.shape[1]])
+        return 1e3 * (time.perf_counter() - start) / 16
+
+    eager = _engine(args, base, dtype)
+    runs = {"eager": lambda: ours("eager", *eager), "transformers": theirs, "products": products}
+    compile_seconds = None
+    with torch.inference_mode():
+        if not args.no_compile:
+            compiled = _engine(args, base, dtype, compile=True)
+            start = time.perf_counter()
+            generate(compiled[0], [ids], GenerationConfig(max_new_tokens=4), engine=compiled[1])  # compiles
+            compile_seconds = time.perf_counter() - start
+            runs["compiled"] = lambda: ours("compiled", *compiled)
+        for run in runs.values():
+            run()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name].append(runs[name]())
+    return {name: statistics.median(t) for name, t in times.items()}, results, compile_seconds
 
 
 if __name__ == "__main__":
