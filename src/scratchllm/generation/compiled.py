@@ -5,8 +5,9 @@ them is the dozens of small operations between (norms, RoPE, the cache writes, t
 sliding windows, activations, residual adds), each a few microseconds of dispatch on a CPU for a vector's
 worth of work. inductor fuses those into a handful of C++ loops. The products keep the kernel the eager
 engine measured fastest for their shape (`generation.packed`), called as an opaque op so inductor cannot
-replace it with a slower one of its own. Measured on a 2-core Xeon (docs/benchmarks.md): the step comes down
-to the time the products alone take (Qwen3 0.6B fp32 106 ms a token, eager 130, transformers 134).
+replace it with a slower one of its own: a traced bf16 matrix-vector product becomes the blocked matrix
+product that one row cannot feed, and oneDNN's blocked weights cannot enter a graph at all. The step then
+costs little more than its products alone (docs/benchmarks.md has the figures).
 
 Decisions:
 - Only the decode step is compiled. Prefill is a compute-bound matrix product, which BLAS already runs near

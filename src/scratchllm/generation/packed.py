@@ -93,10 +93,9 @@ class DecodeLinear(nn.Module):
 
 
 # A compiled decode step (generation/compiled.py) calls each DecodeLinear through this op, which inductor
-# treats as a black box: traced, the products would become inductor's own (a bf16 mv lowered to the blocked
-# matrix product that one row cannot feed: gpt2-small bf16 decode 15 -> 24 ms a token), oneDNN's blocked
-# weight cannot enter a graph at all, and MKL's packed product wants the row count as a constant. The layer
-# is named by a number because an op's arguments are tensors and scalars; the weights are its constants.
+# treats as a black box: traced, the products would become inductor's own (see there), and MKL's packed
+# product wants the row count as a constant. The layer is named by a number because an op's arguments are
+# tensors and scalars; its weights are constants of the step.
 @torch.library.custom_op("scratchllm::decode_product", mutates_args=())
 def decode_product(x: torch.Tensor, layer: int) -> torch.Tensor:
     return _LIVE[layer].product(x)
