@@ -161,8 +161,9 @@ def bench_model(args: argparse.Namespace, dtypes: list[str], bandwidth: float) -
         numel = sum(t.numel() for t in base.state_dict().values())
         numel -= base.out_head.weight.numel() * base.config.tie_embeddings  # a tied head is read once
         weight_bytes = numel * torch.empty(0, dtype=dtype).element_size()
-        ms, results, compile_seconds = decode_rounds(args, base, dtype, prompt, hf_config)
-        ours = _engine(args, base, dtype)[0]
+        eager_engine = _engine(args, base, dtype)
+        ms, results, compile_seconds = decode_rounds(args, base, eager_engine, prompt, hf_config)
+        ours = eager_engine[0]
         with torch.inference_mode():
             start = time.perf_counter()
             generate_text_simple(ours, prompt, args.uncached_tokens, ours.config.context_length)
@@ -219,11 +220,12 @@ def _engine(args: argparse.Namespace, base, dtype, **kw):
     return model, Engine(model.to(dtype), max_batch=1, max_seq_len=args.prompt_len + args.new_tokens, **kw)
 
 
-def decode_rounds(args: argparse.Namespace, base, dtype, prompt: torch.Tensor, hf_config):
-    """Milliseconds per decoded token of our eager and compiled engines, of transformers' `generate` (a 2-token
-    call's time taken off, so decode alone as ours) and of the products alone (every weight matrix once
-    through torch.mv, no model around them), measured in turn `--rounds` times: medians, as this machine's
-    speed drifts. Returns (medians, each run's last result, the compile's seconds)."""
+def decode_rounds(args: argparse.Namespace, base, eager: tuple, prompt: torch.Tensor, hf_config):
+    """Milliseconds per decoded token of our eager engine (`eager`: a model and its engine, `_engine`), of a
+    compiled one, of transformers' `generate` (a 2-token call's time taken off, so decode alone as ours) and
+    of the products alone (every weight matrix once through torch.mv, no model around them), measured in turn
+    `--rounds` times: medians, as this machine's speed drifts. Returns (medians, each run's last result, the
+    compile's seconds)."""
     import statistics
 
     import transformers
@@ -231,7 +233,7 @@ def decode_rounds(args: argparse.Namespace, base, dtype, prompt: torch.Tensor, h
     from scratchllm.checkpoints.hf import state_dict_to_hf
     from scratchllm.generation.generate import GenerationConfig, generate
 
-    ids, cfg = prompt[0].tolist(), GenerationConfig(max_new_tokens=args.new_tokens)
+    ids, cfg, dtype = prompt[0].tolist(), GenerationConfig(max_new_tokens=args.new_tokens), eager[0].dtype
     hf = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
     hf.load_state_dict(state_dict_to_hf(base.state_dict(), base.config), strict=False)
     hf.to(dtype)
@@ -260,7 +262,6 @@ def decode_rounds(args: argparse.Namespace, base, dtype, prompt: torch.Tensor, h
                 torch.mv(w, vectors[w.shape[1]])
         return 1e3 * (time.perf_counter() - start) / 16
 
-    eager = _engine(args, base, dtype)
     runs = {"eager": lambda: ours("eager", *eager), "transformers": theirs, "products": products}
     compile_seconds = None
     with torch.inference_mode():
